@@ -1,0 +1,256 @@
+"""Talking to Ollama: clients, one streamed request, the tool-call loop.
+
+The official `ollama.Client` is the only transport. This module knows nothing
+of IPython display or of the store: it takes messages, returns a `Reply`, and
+lets exceptions through for `errors.translate` to make friendly.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import ollama
+
+from .store import Message
+
+__all__ = [
+    "ChatRequest",
+    "IncompleteReply",
+    "Reply",
+    "Sink",
+    "ToolRoundsExceeded",
+    "client_for",
+    "context_window",
+    "converse",
+    "installed_models",
+    "send",
+]
+
+_STAT_KEYS = (
+    "done_reason", "total_duration", "load_duration", "prompt_eval_count",
+    "prompt_eval_duration", "eval_count", "eval_duration",
+)
+
+
+class IncompleteReply(Exception):
+    """The stream ended without Ollama's final `done` chunk."""
+
+
+class ToolRoundsExceeded(Exception):
+    """The model kept asking for tools past `max_tool_rounds`."""
+
+
+@functools.lru_cache(maxsize=16)
+def _client(host: str | None, headers: tuple[tuple[str, str], ...], timeout: float | None) -> ollama.Client:
+    return ollama.Client(host=host, headers=dict(headers) or None, timeout=timeout)
+
+
+def client_for(host: str | None, headers: Mapping[str, str] | None = None,
+               timeout: float | None = None) -> ollama.Client:
+    """The shared client for these settings (building one costs ~20 ms)."""
+    return _client(host or None, tuple(sorted((headers or {}).items())), timeout)
+
+
+@dataclass
+class ChatRequest:
+    """Everything one `/api/chat` call needs."""
+
+    model: str
+    messages: list[Message]
+    options: dict[str, Any] | None = None
+    format: str | dict[str, Any] | None = None
+    think: bool | str | None = None
+    tools: Mapping[str, Callable[..., Any]] | None = None
+    stream: bool = True
+
+
+@dataclass
+class Reply:
+    """A reply as it arrives; filled in place so a caller keeps the partial one."""
+
+    parts: list[str] = field(default_factory=list)
+    thinking_parts: list[str] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    done: bool = False
+    chunks: int = 0
+
+    @property
+    def content(self) -> str:
+        return "".join(self.parts)
+
+    @property
+    def thinking(self) -> str:
+        return "".join(self.thinking_parts)
+
+    def message(self, *, with_tool_calls: bool = True) -> Message:
+        msg: Message = {"role": "assistant", "content": self.content}
+        if self.thinking_parts:
+            msg["thinking"] = self.thinking
+        if with_tool_calls and self.tool_calls:
+            msg["tool_calls"] = self.tool_calls
+        return msg
+
+    def _take(self, chunk: ollama.ChatResponse) -> None:
+        self.chunks += 1
+        msg = chunk.message
+        if msg.content:
+            self.parts.append(msg.content)
+        if msg.thinking:
+            self.thinking_parts.append(msg.thinking)
+        if msg.tool_calls:
+            self.tool_calls.extend(tc.model_dump(exclude_none=True) for tc in msg.tool_calls)
+        if chunk.done:
+            self.done = True
+            self.stats = {k: getattr(chunk, k, None) for k in _STAT_KEYS}
+
+
+class Sink(Protocol):
+    """Where a turn shows itself while it runs (the renderer)."""
+
+    def begin(self, reply: Reply) -> None: ...
+
+    def update(self, reply: Reply) -> None: ...
+
+    def tool(self, name: str, arguments: Mapping[str, Any], result: str, ok: bool) -> None: ...
+
+
+def send(client: ollama.Client, req: ChatRequest, reply: Reply,
+         on_update: Callable[[Reply], None] | None = None) -> Reply:
+    """One `/api/chat` request, filling `reply` as chunks arrive.
+
+    On any exception (Ctrl-C included) the stream is closed first, which closes
+    the socket, so Ollama stops generating; `reply` keeps what had arrived.
+    """
+    kwargs: dict[str, Any] = {
+        "model": req.model,
+        "messages": req.messages,
+        "options": req.options or None,
+        "format": req.format or None,
+        "think": req.think,
+        "tools": list(req.tools.values()) if req.tools else None,
+    }
+    if not req.stream:
+        reply._take(client.chat(stream=False, **kwargs))
+        if on_update:
+            on_update(reply)
+        return reply
+    stream = client.chat(stream=True, **kwargs)
+    try:
+        for chunk in stream:
+            reply._take(chunk)
+            if on_update:
+                on_update(reply)
+    finally:
+        stream.close()
+    if not reply.done:
+        raise IncompleteReply("the stream ended before Ollama's final chunk")
+    return reply
+
+
+def converse(client: ollama.Client, req: ChatRequest, sink: Sink, *,
+             max_tool_rounds: int = 5) -> tuple[list[Message], Reply]:
+    """Run a turn to its final text reply, calling tools when the model asks.
+
+    Returns the tool exchange (assistant `tool_calls` messages and `tool`
+    answers, in order) and the final reply. Only functions in `req.tools` are
+    ever called; a cell without tools never calls anything.
+    """
+    exchange: list[Message] = []
+    rounds = 0
+    base = req.messages
+    eval_total = 0
+    while True:
+        reply = Reply()
+        sink.begin(reply)  # the caller keeps the partial reply if this round fails
+        send(client, ChatRequest(req.model, base + exchange, req.options, req.format,
+                                 req.think, req.tools, req.stream), reply, sink.update)
+        eval_total += reply.stats.get("eval_count") or 0
+        if not (reply.tool_calls and req.tools):
+            if exchange:
+                reply.stats["eval_count"] = eval_total
+            return exchange, reply
+        if rounds >= max_tool_rounds:
+            raise ToolRoundsExceeded(
+                f"the model still asked for tools after {max_tool_rounds} rounds"
+            )
+        rounds += 1
+        exchange.append(reply.message())
+        for call in reply.tool_calls:
+            fn = call.get("function") or {}
+            name, args = str(fn.get("name", "")), fn.get("arguments") or {}
+            result, ok = call_tool(req.tools, name, args)
+            sink.tool(name, args, result, ok)
+            exchange.append({"role": "tool", "tool_name": name, "content": result})
+
+
+def call_tool(tools: Mapping[str, Callable[..., Any]], name: str,
+              arguments: Any) -> tuple[str, bool]:
+    """Call an offered tool; every failure becomes text for the model."""
+    fn = tools.get(name)
+    if fn is None:
+        return f"Error: there is no tool named {name!r}; offered tools: {', '.join(tools)}", False
+    if not isinstance(arguments, Mapping):
+        return f"Error: arguments for {name} must be an object, got {type(arguments).__name__}", False
+    try:
+        inspect.signature(fn).bind(**arguments)
+    except TypeError as exc:
+        return f"Error: bad arguments for {name}: {exc}", False
+    try:
+        value = fn(**arguments)
+    except Exception as exc:  # the model is told; the kernel goes on
+        return f"Error: {name} raised {type(exc).__name__}: {exc}", False
+    if isinstance(value, (dict, list)):
+        try:
+            return json.dumps(value, default=str), True
+        except (TypeError, ValueError):
+            pass
+    return str(value), True
+
+
+# -- what the server knows about models -----------------------------------
+_NUM_CTX = re.compile(r"^\s*num_ctx\s+(\d+)\s*$", re.MULTILINE)
+_window_cache: dict[tuple[int, str], int | None] = {}
+
+
+def context_window(client: ollama.Client, model: str) -> int | None:
+    """The model's context window as the server runs it, if it says.
+
+    `num_ctx` from the model's parameters, else the loaded model's context
+    length from /api/ps. (`model_info.*.context_length` is the trained
+    maximum, not the window.) Cached per client and model.
+    """
+    key = (id(client), model)
+    if key in _window_cache:
+        return _window_cache[key]
+    window: int | None = None
+    try:
+        params = client.show(model).parameters or ""
+        if m := _NUM_CTX.search(params):
+            window = int(m.group(1))
+        if window is None:
+            for running in client.ps().models:
+                if _same_model(running.model or running.name or "", model) and running.context_length:
+                    window = int(running.context_length)
+    except Exception:  # only a hint for the overflow warning; never fail a turn for it
+        return None
+    _window_cache[key] = window
+    return window
+
+
+def installed_models(client: ollama.Client) -> list[str]:
+    """Names of the models on the server (raises like any request)."""
+    return [m.model for m in client.list().models if m.model]
+
+
+def _same_model(a: str, b: str) -> bool:
+    def norm(name: str) -> str:
+        return name if ":" in name else name + ":latest"
+    return norm(a) == norm(b)
+

@@ -1,0 +1,74 @@
+"""Friendly errors: one line that says what happened and what to do.
+
+Every failure a user can cause or meet (server down, unknown model, a server
+error mid-reply, bad input) ends up as an `OllamaMagicError`. It subclasses
+IPython's `UsageError`, which IPython shows as one line without a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Iterable
+
+import httpx
+import ollama
+from IPython.core.error import UsageError
+
+__all__ = ["OllamaMagicError", "did_you_mean", "translate"]
+
+
+class OllamaMagicError(UsageError):
+    """A one-line error for the user (no traceback)."""
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean X?)' for a near miss, else ''."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def translate(exc: BaseException, *, host: str, host_source: str, model: str,
+              installed: list[str] | None = None, timeout: float | None = None,
+              started: bool = False) -> OllamaMagicError | None:
+    """The friendly error for a failure of a request to Ollama, or None if unknown.
+
+    `started` says whether part of the reply had arrived (the error came
+    mid-stream); `installed` is the server's model list, if it could be read.
+    """
+    lost = " Nothing was stored; run the cell again." if started else " Nothing was stored."
+    if isinstance(exc, (ConnectionError, httpx.ConnectError)):
+        return OllamaMagicError(
+            f"Cannot reach Ollama at {host} ({host_source}). Start it with `ollama serve`, "
+            "or point OLLAMA_HOST (or %config OllamaMagics.host = '...') at a running server."
+        )
+    if isinstance(exc, ollama.ResponseError):
+        text = _one_line(exc.error)
+        if exc.status_code == 404 and "not found" in text:
+            names = ", ".join(installed) if installed else "none"
+            hint = did_you_mean(model, installed or [])
+            return OllamaMagicError(
+                f"Model {model!r} is not installed on {host}{hint}. Installed: {names}. "
+                f"Run `ollama pull {model}` or choose one with `%ollama model NAME`."
+            )
+        if exc.status_code == -1 or started:
+            return OllamaMagicError(f"Ollama reported an error mid-reply: {text}.{lost}")
+        return OllamaMagicError(f"Ollama at {host} answered HTTP {exc.status_code}: {text}.{lost}")
+    if isinstance(exc, httpx.TimeoutException):
+        limit = f"within {timeout:g} s" if timeout else "in time"
+        return OllamaMagicError(
+            f"Ollama at {host} did not answer {limit}.{lost} "
+            "Check the server, or raise %config OllamaMagics.timeout."
+        )
+    if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
+        return OllamaMagicError(f"The connection to Ollama at {host} dropped mid-reply.{lost}")
+    if isinstance(exc, json.JSONDecodeError):
+        return OllamaMagicError(f"Ollama at {host} sent a response that is not JSON.{lost} Is it an Ollama server?")
+    if isinstance(exc, httpx.HTTPError):
+        return OllamaMagicError(f"Request to Ollama at {host} failed: {_one_line(str(exc))}.{lost}")
+    return None
+
+
+def _one_line(text: object, limit: int = 300) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"

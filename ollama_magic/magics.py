@@ -1,0 +1,663 @@
+"""`%%ollama` and `%ollama`: parsing, settings and the flow of one turn.
+
+Parsing is IPython's `magic_arguments`; settings are traitlets on this
+Configurable (so `%config OllamaMagics.model = "llama3.2"` and
+`ipython_config.py` work); talking to Ollama is `chat`, showing replies is
+`render`, and the conversation lives in `store`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shlex
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import ollama
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from traitlets import Bool, Dict, Enum, Float, Int, Unicode, default
+
+from . import chat, persist
+from .errors import OllamaMagicError, did_you_mean, translate
+from .interpolate import interpolate
+from .render import NotebookView, TerminalView, View, footer_text
+from .store import KEEP, ConversationStore, StoreError, Turn, TurnMeta, _Keep
+
+__all__ = ["OllamaMagics"]
+
+DEFAULT_HOST = "http://127.0.0.1:11434"
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+_CODE_BLOCK = re.compile(r"^ {0,3}(`{3,}|~{3,})[^\n]*\n(.*?)^ {0,3}\1[ \t]*$", re.DOTALL | re.MULTILINE)
+_ERROR_CHARS = 4000
+
+
+def _json_value(key: str, raw: str) -> Any:
+    """`-o KEY=VALUE`: JSON when it parses; JSON-looking text that does not is an error."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        if raw[:1] in "[{\"":
+            raise OllamaMagicError(f"option {key}: {raw!r} looks like JSON but does not parse; fix it or quote it differently") from None
+        return raw
+
+
+def parse_options(pairs: list[str] | None) -> dict[str, Any]:
+    """KEY=VALUE strings into an options dict."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise OllamaMagicError(f"options are KEY=VALUE (like num_ctx=8192), not {pair!r}")
+        out[key] = _json_value(key, raw.strip())
+    return out
+
+
+def _first_code_block(text: str) -> str | None:
+    m = _CODE_BLOCK.search(text)
+    return m.group(2).rstrip("\n") if m else None
+
+
+@magics_class
+class OllamaMagics(Magics):
+    """Chat with an Ollama model from notebook cells; each cell continues the conversation."""
+
+    host = Unicode(None, allow_none=True, help="Ollama server URL; default: $OLLAMA_HOST, else http://127.0.0.1:11434.").tag(config=True)
+    model = Unicode(None, allow_none=True, help="Model for chats that have none of their own; default: $OLLAMA_MODEL.").tag(config=True)
+    timeout = Float(300.0, help="Seconds to wait for the server to send something (connect, or the next chunk).").tag(config=True)
+    options = Dict(help="Ollama options for every request (a chat's own options and -o override them).").tag(config=True)
+    headers = Dict(help="Extra HTTP headers for the server (e.g. auth for a remote Ollama); never shown.").tag(config=True)
+    rerun = Enum(["rewind", "append"], "rewind", help="Re-running a cell replaces its turn (rewind) or adds a new one (append).").tag(config=True)
+    default_num_ctx = Int(4096, help="Context window assumed when neither the options nor the server say.").tag(config=True)
+    max_tool_rounds = Int(5, help="Tool-call rounds per cell before giving up.").tag(config=True)
+    display_rate = Float(15.0, help="Most display updates per second while a reply streams.").tag(config=True)
+    rich = Enum(["auto", "on", "off"], "auto", help="Rich (notebook) output or plain text; auto asks the frontend.").tag(config=True)
+    undo_depth = Int(100, help="Undo steps kept per chat.").tag(config=True)
+    warn_context = Bool(True, help="Warn when a prompt nears or passes the context window.").tag(config=True)
+
+    @default("model")
+    def _default_model(self) -> str | None:
+        return os.environ.get("OLLAMA_MODEL") or None
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        self.store = ConversationStore(undo_depth=self.undo_depth)
+        self.cell_id: str | None = None
+        self.last_reply: str | None = None
+        self.last_error: tuple[str, str] | None = None  # (code, traceback) of the last failing cell
+        self._auto_model: str | None = None
+
+    # -- kernel events ---------------------------------------------------
+    def pre_run_cell(self, info: Any) -> None:
+        self.cell_id = getattr(info, "cell_id", None) or None
+
+    def post_run_cell(self, result: Any) -> None:
+        err = result.error_in_exec or result.error_before_exec
+        if err is None or isinstance(err, KeyboardInterrupt):
+            return
+        code = result.info.raw_cell if result.info else ""
+        if code.lstrip().startswith(("%%ollama", "%ollama")):
+            return  # our own errors are not what `%ollama fix` is about
+        if isinstance(err, UsageError):
+            tb = f"UsageError: {err}"
+        else:
+            tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+        self.last_error = (code, _ANSI.sub("", tb)[-_ERROR_CHARS:])
+
+    # -- settings --------------------------------------------------------
+    def _host(self) -> tuple[str, str]:
+        if self.host:
+            return self.host, "from OllamaMagics.host"
+        if env := os.environ.get("OLLAMA_HOST"):
+            return env, "from OLLAMA_HOST"
+        return DEFAULT_HOST, "the default; OLLAMA_HOST is not set"
+
+    def client(self) -> ollama.Client:
+        host = self._host()[0]
+        headers = dict(self.headers)
+        # The client reads OLLAMA_API_KEY itself; key the cache on it too.
+        if key := os.environ.get("OLLAMA_API_KEY"):
+            headers.setdefault("x-ollama-magic-key-id", str(hash(key)))
+        return chat.client_for(host, headers, self.timeout)
+
+    def _friendly(self, exc: BaseException, model: str = "", *, started: bool = False) -> OllamaMagicError:
+        host, source = self._host()
+        installed = None
+        if isinstance(exc, ollama.ResponseError) and exc.status_code == 404:
+            installed = self._installed_or_none()
+        err = translate(exc, host=host, host_source=source, model=model, installed=installed,
+                        timeout=self.timeout, started=started)
+        return err or OllamaMagicError(f"{type(exc).__name__}: {exc}")
+
+    def _installed_or_none(self) -> list[str] | None:
+        try:
+            return chat.installed_models(self.client())
+        except Exception:
+            return None
+
+    def installed(self) -> list[str]:
+        """The server's models; a friendly error if the server is not there."""
+        try:
+            return chat.installed_models(self.client())
+        except Exception as exc:
+            raise self._friendly(exc) from None
+
+    def resolve_model(self, explicit: str | None = None) -> str:
+        """-m, else the chat's model, else config/OLLAMA_MODEL, else the only installed one."""
+        model = (explicit or self.store.active.model or self.model or self._auto_model or "").strip()
+        if model:
+            return model
+        names = self.installed()
+        if len(names) == 1:
+            self._auto_model = names[0]
+            print(f"Using {names[0]}, the only model on the server (choose another with %ollama model NAME).")
+            return names[0]
+        if not names:
+            raise OllamaMagicError("The Ollama server has no models. Run `ollama pull llama3.2` (or another model), then try again.")
+        raise OllamaMagicError(
+            f"No model chosen. Installed: {', '.join(names)}. Pick one with `%ollama model NAME`, "
+            "`-m NAME`, or set OLLAMA_MODEL."
+        )
+
+    def _is_rich(self) -> bool:
+        if self.rich != "auto":
+            return self.rich == "on"
+        from IPython.core.displaypub import DisplayPublisher
+
+        # Terminal IPython prints reprs through the base publisher; a kernel
+        # (or a test's recording publisher) has a frontend for rich output.
+        return getattr(self.shell, "kernel", None) is not None or type(self.shell.display_pub) is not DisplayPublisher
+
+    # -- the magic -------------------------------------------------------
+    @magic_arguments()
+    @argument("-m", "--model", help="model for this turn; after it succeeds, the chat's model")
+    @argument("-c", "--chat", help="use (create if new) the named chat and make it active")
+    @argument("--system", help="set the chat's system prompt")
+    @argument("--new", action="store_true", help="start the chat afresh (old turns go to the undo stack)")
+    @argument("--once", action="store_true", help="ask with the history but store neither question nor answer")
+    @argument("-o", "--option", action="append", metavar="KEY=VALUE", help="Ollama option for this turn (repeatable); VALUE is JSON when it parses")
+    @argument("-t", "--temperature", type=float, help="shorthand for -o temperature=X")
+    @argument("--format", help="'json', or a variable holding a JSON schema (dict or pydantic model)")
+    @argument("--think", nargs="?", const=True, choices=[True, "high", "medium", "low"], help="ask the model to think first (optionally high/medium/low)")
+    @argument("--image", action="append", metavar="PATH|VAR", help="attach an image: a file, or a variable with bytes, a PIL image or a matplotlib figure (repeatable)")
+    @argument("--tools", metavar="NAME[,NAME]", help="offer these functions from the namespace to the model")
+    @argument("--error", action="store_true", help="put the last failing cell's code and traceback before the question")
+    @argument("--out", metavar="VAR", help="also store the reply text (or parsed JSON with --format) in VAR")
+    @argument("--no-stream", action="store_true", help="one request without streaming")
+    @argument("--code", action="store_true", help="put the reply's first code block into the next cell")
+    @line_cell_magic
+    def ollama(self, line: str, cell: str | None = None) -> Any:
+        """Chat with Ollama. `%%ollama [options]` sends the cell; `%ollama help` lists the subcommands."""
+        if cell is None:
+            return self._line(line)
+        args = self._parse(self.ollama, line)
+        return self._turn(args, cell)
+
+    def _parse(self, func: Callable[..., Any], line: str) -> Any:
+        try:
+            return parse_argstring(func, line)
+        except ValueError as exc:  # shlex: unbalanced quotes
+            raise OllamaMagicError(f"cannot parse the options: {exc}") from None
+        except UsageError as exc:
+            msg = str(exc)
+            hint = ""
+            if m := re.search(r"unrecognized arguments: (\S+)", msg):
+                hint = did_you_mean(m.group(1).split("=")[0], func.parser._option_string_actions)
+            raise OllamaMagicError(f"{msg}{hint}. See %ollama help.") from None
+
+    # -- one turn ----------------------------------------------------------
+    def _turn(self, args: Any, cell: str) -> None:
+        store = self.store
+        ns = self.shell.user_ns
+        started_at = time.perf_counter()
+        text = interpolate(cell.strip("\n"), ns)
+        if args.error:
+            text = self._error_prompt(text)
+        if not text.strip():
+            raise OllamaMagicError("The cell is empty: write a question below %%ollama.")
+        user: dict[str, Any] = {"role": "user", "content": text}
+        if args.image:
+            user["images"] = [self._image(ref) for ref in args.image]
+        options = dict(self.options)
+        fmt = self._format(args.format)
+        tools = self._tools(args.tools)
+        turn_opts = parse_options(args.option)
+        if args.temperature is not None:
+            turn_opts["temperature"] = args.temperature
+        if args.out and not args.out.isidentifier():
+            raise OllamaMagicError(f"--out needs a variable name, not {args.out!r}")
+        if args.chat:
+            name = args.chat.strip()
+            if name not in store:
+                try:
+                    store.create(name)
+                except StoreError as exc:
+                    raise OllamaMagicError(str(exc)) from None
+            else:
+                store.switch(name)
+        conv = store.active
+        options.update(conv.options)
+        options.update(turn_opts)
+        model = self.resolve_model(args.model)
+        cell_id = None if args.once else self.cell_id
+        base = 0 if args.new else store.base_for(cell_id, rerun=self.rerun)
+        system = conv.system if args.system is None else (args.system or None)
+        messages = conv.history(base, system=system)
+        request = chat.ChatRequest(model, messages + [user], options or None, fmt,
+                                   args.think, tools, stream=not args.no_stream)
+        view: View = NotebookView(model, rate=self.display_rate) if self._is_rich() else TerminalView(model)
+        client = self.client()
+        exchange: list[dict[str, Any]] = []
+        try:
+            exchange, reply = chat.converse(client, request, view, max_tool_rounds=self.max_tool_rounds)
+        except KeyboardInterrupt:
+            self._interrupted(view, args, user, cell_id, model, system, started_at)
+            raise
+        except chat.ToolRoundsExceeded as exc:
+            view.finish(footer_text(model, {}, time.perf_counter() - started_at, ["stopped: too many tool rounds"]))
+            raise OllamaMagicError(f"{exc}; nothing of this turn was stored. Raise %config OllamaMagics.max_tool_rounds or ask differently.") from None
+        except chat.IncompleteReply:
+            view.finish(footer_text(model, {}, time.perf_counter() - started_at, ["failed"]))
+            host = self._host()[0]
+            raise OllamaMagicError(f"The reply from Ollama at {host} ended before it was complete. Nothing was stored; run the cell again.") from None
+        except Exception as exc:
+            started = bool(view.reply.chunks)
+            err = self._friendly(exc, model, started=started)
+            if started:
+                view.finish(footer_text(model, {}, time.perf_counter() - started_at, ["failed"]))
+            raise err from None
+        seconds = time.perf_counter() - started_at
+        reply_msg = reply.message(with_tool_calls=False)
+        notes: list[str] = []
+        ignored = reply.tool_calls if (reply.tool_calls and not tools) else None
+        if not args.once:
+            meta = self._meta(reply.stats, cell_id, model, "ok", options)
+            turn = Turn((user, *exchange, reply_msg), meta)
+            notes += self._context_notes(conv, meta, base, client, model, options)
+            done = store.commit(turn, rerun=self.rerun, model=args.model or None,
+                                system=_keep(args.system), fresh=args.new)
+            if done.dropped:
+                notes.append(f"rewound {done.dropped} later turn{'s' if done.dropped != 1 else ''} (undo with %ollama undo)")
+        else:
+            notes.append("not stored (--once)")
+        self.last_reply = reply.content
+        view.finish(footer_text(model, reply.stats, seconds, notes), ignored_calls=ignored)
+        self._deliver(args, reply.content)
+
+    def _deliver(self, args: Any, content: str) -> None:
+        if args.out:
+            value: Any = content
+            if args.format:
+                try:
+                    value = json.loads(content)
+                except ValueError:
+                    print(f"--out: the reply is not valid JSON; {args.out} holds the text instead.", file=sys.stderr)
+            self.shell.user_ns[args.out] = value
+        if args.code:
+            code = _first_code_block(content)
+            if code is None:
+                print("--code: the reply has no fenced code block.", file=sys.stderr)
+            else:
+                self.shell.set_next_input(code, replace=False)
+
+    def _interrupted(self, view: View, args: Any, user: dict[str, Any], cell_id: str | None,
+                     model: str, system: str | None, started_at: float) -> None:
+        """Keep what arrived, marked; a half tool exchange is not a valid history."""
+        reply = view.reply
+        seconds = time.perf_counter() - started_at
+        if view.tools or not (reply.parts or reply.thinking_parts) or args.once:
+            view.finish(footer_text(model, reply.stats, seconds, ["interrupted", "nothing stored"]))
+            return
+        meta = self._meta(reply.stats, cell_id, model, "interrupted", {})
+        turn = Turn((user, reply.message(with_tool_calls=False)), meta)
+        self.store.commit(turn, rerun=self.rerun, model=args.model or None, system=_keep(args.system), fresh=args.new)
+        self.last_reply = reply.content
+        view.finish(footer_text(model, reply.stats, seconds, ["interrupted", "partial reply kept"]))
+
+    def _meta(self, stats: Mapping[str, Any], cell_id: str | None, model: str, status: str,
+              options: Mapping[str, Any]) -> TurnMeta:
+        return TurnMeta(cell_id=cell_id, model=model, status=status,  # type: ignore[arg-type]
+                        num_ctx=options.get("num_ctx"),
+                        **{k: stats.get(k) for k in ("done_reason", "prompt_eval_count", "eval_count",
+                                                     "total_duration", "load_duration",
+                                                     "prompt_eval_duration", "eval_duration")})
+
+    def _context_notes(self, conv: Any, meta: TurnMeta, base: int, client: ollama.Client,
+                       model: str, options: Mapping[str, Any]) -> list[str]:
+        """Ollama drops the oldest messages silently past num_ctx; say so."""
+        prompt = meta.prompt_eval_count
+        if not self.warn_context or not prompt:
+            return []
+        window = options.get("num_ctx") or chat.context_window(client, model) or self.default_num_ctx
+        fix = f"raise it with %ollama options num_ctx={max(2 * int(window), 8192)}, or %ollama reset"
+        if prompt >= 0.9 * window:
+            return [f"⚠ context {prompt}/{window} tokens: Ollama drops the oldest messages past this; {fix}"]
+        earlier = [t.meta.prompt_eval_count or 0 for t in conv.turns[:base]]
+        grew = base == len(conv.turns) and not any(t.meta.edited for t in conv.turns)
+        if grew and earlier and prompt < max(earlier):
+            return [f"⚠ prompt shrank to {prompt} tokens from {max(earlier)}: Ollama is dropping old messages; {fix}"]
+        return []
+
+    def _error_prompt(self, question: str) -> str:
+        if self.last_error is None:
+            raise OllamaMagicError("No cell has failed in this kernel yet; nothing to explain.")
+        code, tb = self.last_error
+        ask = question.strip() or "Why did this fail, and how do I fix it?"
+        return f"This notebook cell failed:\n\n```python\n{code.strip()}\n```\n\nTraceback:\n\n```\n{tb.strip()}\n```\n\n{ask}"
+
+    def _format(self, spec: str | None) -> str | dict[str, Any] | None:
+        if not spec:
+            return None
+        if spec == "json":
+            return "json"
+        ns = self.shell.user_ns
+        if spec not in ns:
+            raise OllamaMagicError(f"--format takes 'json' or a variable holding a JSON schema; {spec!r} is not defined{did_you_mean(spec, [k for k in ns if not k.startswith('_')])}")
+        value = ns[spec]
+        if isinstance(value, dict):
+            return value
+        schema = getattr(value, "model_json_schema", None)
+        if isinstance(value, type) and callable(schema):
+            return schema()
+        raise OllamaMagicError(f"--format {spec}: expected a dict (JSON schema) or a pydantic model class, got {type(value).__name__}")
+
+    def _tools(self, spec: str | None) -> dict[str, Callable[..., Any]] | None:
+        if not spec:
+            return None
+        ns = self.shell.user_ns
+        tools: dict[str, Callable[..., Any]] = {}
+        for name in (n.strip() for n in spec.split(",")):
+            if not name:
+                continue
+            fn = ns.get(name)
+            if not callable(fn) or isinstance(fn, type):
+                hint = did_you_mean(name, [k for k, v in ns.items() if callable(v) and not k.startswith("_")])
+                raise OllamaMagicError(f"--tools: {name!r} is not a function in this notebook{hint}")
+            tools[name] = fn
+        return tools or None
+
+    def _image(self, ref: str) -> str:
+        from .images import to_base64
+
+        ns = self.shell.user_ns
+        if ref.isidentifier() and ref in ns:
+            try:
+                return to_base64(ns[ref])
+            except (TypeError, ValueError) as exc:
+                raise OllamaMagicError(f"--image {ref}: {exc}") from None
+        path = Path(ref).expanduser()
+        if not path.is_file():
+            raise OllamaMagicError(f"--image {ref}: no such file or variable")
+        try:
+            return to_base64(path.read_bytes())
+        except OSError as exc:
+            raise OllamaMagicError(f"--image {ref}: cannot read it ({exc.strerror})") from None
+        except (TypeError, ValueError) as exc:
+            raise OllamaMagicError(f"--image {ref}: {exc}") from None
+
+    # -- line magic ----------------------------------------------------------
+    def _line(self, line: str) -> Any:
+        sub, _, rest = line.strip().partition(" ")
+        sub = sub or "help"
+        handler = getattr(self, f"_sub_{sub}", None) if sub.isidentifier() else None
+        if handler is None:
+            hint = did_you_mean(sub, _SUBCOMMANDS)
+            raise OllamaMagicError(f"unknown subcommand {sub!r}{hint}. See %ollama help.")
+        return handler(rest.strip())
+
+    def _sub_help(self, rest: str) -> None:
+        print(HELP)
+
+    def _sub_models(self, rest: str) -> None:
+        try:
+            models = self.client().list().models
+        except Exception as exc:
+            raise self._friendly(exc) from None
+        if not models:
+            print("No models installed. Run `ollama pull llama3.2` (or another model).")
+            return
+        rows = [(m.model or "", _size(m.size), m.modified_at.strftime("%Y-%m-%d %H:%M") if m.modified_at else "") for m in models]
+        width = max(len(r[0]) for r in rows)
+        for name, size, modified in rows:
+            print(f"{name:<{width}}  {size:>8}  {modified}")
+
+    def _sub_model(self, rest: str) -> str | None:
+        conv = self.store.active
+        if not rest:
+            current = conv.model or self.model or self._auto_model
+            print(f"{current or '(none chosen)'} (chat {conv.name!r})")
+            return None
+        name = rest.strip()
+        if not name or len(name.split()) != 1:
+            raise OllamaMagicError(f"a model name is one word, like llama3.2, not {rest!r}")
+        installed = self._installed_or_none()
+        if installed is not None and not any(chat._same_model(name, m) for m in installed):
+            hint = did_you_mean(name, installed)
+            raise OllamaMagicError(f"Model {name!r} is not installed{hint}. Installed: {', '.join(installed) or 'none'}. Run `ollama pull {name}`.")
+        self.store.set_model(name)
+        print(f"Model for chat {conv.name!r}: {name}")
+        return None
+
+    def _sub_system(self, rest: str) -> None:
+        conv = self.store.active
+        if rest == "--clear":
+            self.store.set_system(None)
+            print(f"System prompt of chat {conv.name!r} removed.")
+        elif rest:
+            self.store.set_system(rest)
+            print(f"System prompt of chat {conv.name!r} set.")
+        else:
+            print(conv.system or "(no system prompt)")
+
+    def _sub_options(self, rest: str) -> None:
+        conv = self.store.active
+        if rest == "--clear":
+            self.store.set_options({})
+        elif rest:
+            try:
+                pairs = _split(rest)
+            except ValueError as exc:
+                raise OllamaMagicError(f"cannot parse the options: {exc}") from None
+            new = dict(conv.options)
+            for key, value in parse_options(pairs).items():
+                if value is None:
+                    new.pop(key, None)
+                else:
+                    new[key] = value
+            self.store.set_options(new)
+        merged = {**self.options, **conv.options}
+        print(f"Options for chat {conv.name!r}: {json.dumps(merged) if merged else '(server defaults)'}")
+
+    def _sub_reset(self, rest: str) -> None:
+        n = self.store.reset()
+        print(f"Chat {self.store.active_name!r} emptied ({n} turn{'s' if n != 1 else ''}; undo with %ollama undo).")
+
+    def _sub_undo(self, rest: str) -> None:
+        if self.store.undo():
+            conv = self.store.active
+            print(f"Undone. Chat {conv.name!r} has {len(conv.turns)} turn{'s' if len(conv.turns) != 1 else ''}.")
+        else:
+            print(f"Nothing to undo in chat {self.store.active_name!r}.")
+
+    def _sub_last(self, rest: str) -> str | None:
+        return self.last_reply
+
+    def _sub_chats(self, rest: str) -> None:
+        rows = [("", "chat", "model", "turns", "tokens")]
+        for conv in self.store:
+            mark = "*" if conv.name == self.store.active_name else ""
+            rows.append((mark, conv.name, conv.model or self.model or "-", str(len(conv.turns)), str(conv.context_tokens)))
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        for r in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+    def _sub_chat(self, rest: str) -> None:
+        name = rest.strip()
+        if not name:
+            print(self.store.active_name)
+            return
+        if name not in self.store:
+            hint = did_you_mean(name, self.store.names)
+            if hint:
+                raise OllamaMagicError(f"no chat {name!r}{hint}; to create it, use %%ollama -c {name}")
+            try:
+                self.store.create(name)
+            except StoreError as exc:
+                raise OllamaMagicError(str(exc)) from None
+            print(f"New chat {name!r} (now active).")
+            return
+        self.store.switch(name)
+        print(f"Chat {name!r} is active ({len(self.store.active.turns)} turns).")
+
+    def _sub_fork(self, rest: str) -> None:
+        parts = _split(rest)
+        at = None
+        if "--at" in parts:
+            i = parts.index("--at")
+            try:
+                at = int(parts[i + 1])
+            except (IndexError, ValueError):
+                raise OllamaMagicError("--at takes a number of turns, like --at 2") from None
+            del parts[i:i + 2]
+        if len(parts) != 1:
+            raise OllamaMagicError("usage: %ollama fork NEW [--at N]")
+        try:
+            conv = self.store.fork(parts[0], at=at)
+        except StoreError as exc:
+            raise OllamaMagicError(str(exc)) from None
+        print(f"Forked into chat {conv.name!r} with {len(conv.turns)} turns (now active).")
+
+    def _sub_save(self, rest: str) -> None:
+        path = self._path_arg(rest, "save", "chats.json")
+        try:
+            target = persist.save(self.store, path)
+        except persist.FileError as exc:
+            raise OllamaMagicError(str(exc)) from None
+        print(f"Saved {len(self.store)} chat{'s' if len(self.store) != 1 else ''} to {target}.")
+
+    def _sub_load(self, rest: str) -> None:
+        path = self._path_arg(rest, "load", "chats.json")
+        try:
+            names = persist.load(self.store, path)
+        except persist.FileError as exc:
+            raise OllamaMagicError(str(exc)) from None
+        print(f"Loaded {', '.join(names) or 'no chats'} from {path} (undo with %ollama undo); active: {self.store.active_name!r}.")
+
+    def _sub_export(self, rest: str) -> None:
+        path = self._path_arg(rest, "export", "chat.md")
+        try:
+            target = persist.write_text(path, persist.export_markdown(self.store.active))
+        except persist.FileError as exc:
+            raise OllamaMagicError(str(exc)) from None
+        print(f"Exported chat {self.store.active_name!r} to {target}.")
+
+    def _path_arg(self, rest: str, verb: str, example: str) -> str:
+        try:
+            parts = _split(rest)
+        except ValueError as exc:
+            raise OllamaMagicError(f"cannot parse the path: {exc}") from None
+        if len(parts) != 1:
+            raise OllamaMagicError(f"usage: %ollama {verb} PATH (for example %ollama {verb} {example})")
+        return parts[0]
+
+    def _sub_fix(self, rest: str) -> None:
+        if self.last_error is None:
+            print("No cell has failed in this kernel yet; nothing to fix.")
+            return
+        args = self._parse(self.ollama, "--error " + rest)
+        self._turn(args, "")
+
+    def _sub_history(self, rest: str) -> Any:
+        if self._is_rich():
+            from .widget import HistoryPanel
+
+            return HistoryPanel(self.store, list_models=self._installed_or_none,
+                                default_model=lambda: self.model or self._auto_model,
+                                default_num_ctx=self.default_num_ctx, namespace=self.shell.user_ns)
+        print(persist.export_markdown(self.store.active), end="")
+        return None
+
+    def _sub_config(self, rest: str) -> None:
+        host, source = self._host()
+        conv = self.store.active
+        lines = [
+            f"host            {host} ({source})",
+            f"model           {conv.model or self.model or self._auto_model or '(none chosen)'}",
+            f"chat            {conv.name} ({len(conv.turns)} turns, {len(self.store)} chats)",
+            f"options         {json.dumps({**self.options, **conv.options}) or '{}'}",
+            f"system prompt   {'set' if conv.system else 'none'}",
+            f"rerun           {self.rerun}",
+            f"timeout         {self.timeout:g} s",
+            f"default_num_ctx {self.default_num_ctx}",
+            f"max_tool_rounds {self.max_tool_rounds}",
+            f"headers         {', '.join(sorted(self.headers)) or 'none'} (values hidden)",
+            f"api key         {'set (OLLAMA_API_KEY, hidden)' if os.environ.get('OLLAMA_API_KEY') else 'none'}",
+        ]
+        print("\n".join(lines))
+
+
+def _split(text: str) -> list[str]:
+    return shlex.split(text)
+
+
+def _keep(system: str | None) -> str | None | _Keep:
+    """--system given (even empty, to clear) changes the prompt; absent keeps it."""
+    return KEEP if system is None else system
+
+
+def _size(n: int | None) -> str:
+    if not n:
+        return ""
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1000
+    return str(n)
+
+
+_SUBCOMMANDS = ["help", "models", "model", "system", "options", "chats", "chat", "history", "reset",
+                "undo", "save", "load", "export", "fix", "fork", "last", "config"]
+
+HELP = """\
+%%ollama [options]        the cell is your message; each cell continues the chat
+  -m/--model NAME         model for this turn (then the chat's model)
+  -c/--chat NAME          use (or create) a named chat and make it active
+  --system TEXT           set the chat's system prompt
+  --new                   start the chat afresh (undoable)
+  --once                  ask with the history, store nothing
+  -o KEY=VALUE            Ollama option for this turn (repeatable): -o num_ctx=8192
+  -t/--temperature X      shorthand for -o temperature=X
+  --format json|VAR       JSON mode, or a JSON schema (dict or pydantic model) in VAR
+  --think [high|medium|low]  ask for thinking; shown collapsed, stored with the reply
+  --image PATH|VAR        attach an image file, bytes, PIL image or matplotlib figure
+  --tools NAME[,NAME]     let the model call these functions of the notebook
+  --error                 include the last failing cell and its traceback
+  --out VAR               also put the reply (or parsed JSON) into VAR
+  --no-stream             one request without streaming
+  --code                  put the reply's first code block into the next cell
+  {name} in the cell is replaced by the variable's value; {{name}} keeps the braces.
+
+%ollama models            models on the server
+%ollama model [NAME]      show / set the active chat's model
+%ollama system [TEXT|--clear]   show / set / remove the system prompt
+%ollama options [KEY=VALUE ...|--clear]   the chat's default options (KEY=null removes)
+%ollama chats             list chats;  %ollama chat NAME  switches (or creates)
+%ollama history           the history panel (a transcript in a terminal)
+%ollama reset             empty the active chat (undoable)
+%ollama undo              undo the last change to the active chat
+%ollama save PATH         save all chats as JSON;  %ollama load PATH  adds them back
+%ollama export PATH.md    the active chat as Markdown
+%ollama fix               ask why the last failing cell failed
+%ollama fork NEW [--at N] copy the active chat (or its first N turns) into a new chat
+%ollama last              the last reply as a string (x = %ollama last)
+%ollama config            effective settings"""

@@ -1,0 +1,530 @@
+"""The conversation store: named chats, their turns, undo, and change events.
+
+Plain Python on purpose: nothing here imports IPython, ipywidgets or the HTTP
+client, so the rules that keep a conversation consistent can be tested (and
+reused) on their own.
+
+Rules the store keeps:
+
+* A turn is a user message, any tool exchange, and the final assistant reply,
+  in Ollama's own message shape; it is only added once its reply has arrived.
+* What is sent is built from the store every time (`Conversation.history`):
+  the system prompt, then every turn's messages. Thinking is kept for display
+  and never resent.
+* Turns are immutable once stored; an edit stores a new `Turn`. That makes an
+  undo snapshot a cheap tuple of references instead of a deep copy.
+* Every change is undoable (a bounded stack per chat) and emits one `Event`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+__all__ = [
+    "Commit",
+    "Conversation",
+    "ConversationStore",
+    "Event",
+    "KEEP",
+    "Message",
+    "StoreError",
+    "Turn",
+    "TurnMeta",
+]
+
+log = logging.getLogger(__name__)
+
+Message = dict[str, Any]
+Status = Literal["ok", "interrupted"]
+Rerun = Literal["rewind", "append"]
+
+DEFAULT_CHAT = "default"
+# Keys that are stored with a message but never sent back to the model.
+_UNSENT_KEYS = frozenset({"thinking"})
+
+
+class _Keep:
+    """Sentinel type: leave this setting as it is."""
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP = _Keep()
+
+
+class StoreError(ValueError):
+    """A request the store cannot honour (unknown chat, bad index, ...)."""
+
+
+@dataclass(frozen=True)
+class TurnMeta:
+    """What we know about a turn besides its messages; never sent to Ollama."""
+
+    cell_id: str | None = None
+    model: str | None = None
+    created: float = field(default_factory=time.time)
+    status: Status = "ok"
+    done_reason: str | None = None
+    prompt_eval_count: int | None = None
+    eval_count: int | None = None
+    total_duration: int | None = None  # nanoseconds, as Ollama reports them
+    load_duration: int | None = None
+    prompt_eval_duration: int | None = None
+    eval_duration: int | None = None
+    num_ctx: int | None = None  # the context window in force when it ran
+    edited: bool = False
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One exchange: `messages[0]` is the user's, `messages[-1]` the reply."""
+
+    messages: tuple[Message, ...]
+    meta: TurnMeta = field(default_factory=TurnMeta)
+
+    def __post_init__(self) -> None:
+        msgs = self.messages
+        if len(msgs) < 2 or msgs[0].get("role") != "user" or msgs[-1].get("role") != "assistant":
+            raise StoreError("a turn needs a user message first and an assistant reply last")
+
+    @classmethod
+    def of(cls, user: Message, reply: Message, meta: TurnMeta | None = None) -> Turn:
+        return cls((user, reply), meta or TurnMeta())
+
+    @property
+    def user(self) -> Message:
+        return self.messages[0]
+
+    @property
+    def reply(self) -> Message:
+        return self.messages[-1]
+
+    @property
+    def tokens(self) -> int:
+        return (self.meta.eval_count or 0)
+
+    def sent(self) -> Iterator[Message]:
+        """The messages as they go over the wire (without thinking)."""
+        for msg in self.messages:
+            if _UNSENT_KEYS.isdisjoint(msg):
+                yield msg
+            else:
+                yield {k: v for k, v in msg.items() if k not in _UNSENT_KEYS}
+
+
+@dataclass
+class Conversation:
+    """A named chat: system prompt, model, default options and turns."""
+
+    name: str
+    model: str | None = None
+    system: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    turns: list[Turn] = field(default_factory=list)
+
+    def history(self, upto: int | None = None, *, system: str | None | _Keep = KEEP) -> list[Message]:
+        """Messages to send before a new user message (first `upto` turns).
+
+        `system` overrides the chat's system prompt for this request.
+        """
+        msgs: list[Message] = []
+        prompt = self.system if isinstance(system, _Keep) else system
+        if prompt:
+            msgs.append({"role": "system", "content": prompt})
+        for turn in self.turns[:upto]:
+            msgs.extend(turn.sent())
+        return msgs
+
+    def messages(self) -> list[Message]:
+        """All stored messages, thinking included (for display and export)."""
+        msgs: list[Message] = []
+        if self.system:
+            msgs.append({"role": "system", "content": self.system})
+        for turn in self.turns:
+            msgs.extend(turn.messages)
+        return msgs
+
+    def find_cell(self, cell_id: str | None) -> int | None:
+        """Index of the (latest) turn owned by `cell_id`, if any."""
+        if not cell_id:
+            return None
+        for i in range(len(self.turns) - 1, -1, -1):
+            if self.turns[i].meta.cell_id == cell_id:
+                return i
+        return None
+
+    @property
+    def generated_tokens(self) -> int:
+        return sum(t.tokens for t in self.turns)
+
+    @property
+    def context_tokens(self) -> int:
+        """Tokens the model's context holds after the last turn (prompt + reply)."""
+        for turn in reversed(self.turns):
+            if turn.meta.prompt_eval_count is not None:
+                return turn.meta.prompt_eval_count + (turn.meta.eval_count or 0)
+        return 0
+
+    @property
+    def max_prompt(self) -> int:
+        return max((t.meta.prompt_eval_count or 0 for t in self.turns), default=0)
+
+    def copy(self, name: str | None = None, upto: int | None = None) -> Conversation:
+        """A deep, independent copy (what a fork is)."""
+        return Conversation(
+            name=name or self.name,
+            model=self.model,
+            system=self.system,
+            options=copy.deepcopy(self.options),
+            turns=copy.deepcopy(self.turns[:upto]),
+        )
+
+
+@dataclass(frozen=True)
+class Event:
+    """One change to the store, as listeners (the history panel) see it.
+
+    kind: turn_added, turn_replaced, truncated, edited, deleted, reset,
+    system, model, options, chat_created, chat_removed, switched, restored
+    (undo or load replaced the whole chat).
+    """
+
+    kind: str
+    chat: str
+    index: int | None = None
+    count: int = 0
+
+
+@dataclass(frozen=True)
+class Commit:
+    """What `ConversationStore.commit` did with a new turn."""
+
+    kind: Literal["appended", "replaced", "rewound"]
+    index: int
+    dropped: int = 0  # later turns moved to the undo stack by a rewind
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    model: str | None
+    system: str | None
+    options: dict[str, Any]
+    turns: tuple[Turn, ...]
+
+
+Listener = Callable[[Event], None]
+
+
+class ConversationStore:
+    """All chats of one kernel; one of them is active."""
+
+    def __init__(self, *, model: str | None = None, options: Mapping[str, Any] | None = None,
+                 undo_depth: int = 100) -> None:
+        self._chats: dict[str, Conversation] = {
+            DEFAULT_CHAT: Conversation(DEFAULT_CHAT, model, options=dict(options or {}))
+        }
+        self._active = DEFAULT_CHAT
+        self._undo_depth = undo_depth
+        # None on an undo stack means "this chat did not exist before".
+        self._undo: dict[str, deque[_Snapshot | None]] = {}
+        self._listeners: list[Listener] = []
+
+    # -- reading ---------------------------------------------------------
+    @property
+    def active(self) -> Conversation:
+        return self._chats[self._active]
+
+    @property
+    def active_name(self) -> str:
+        return self._active
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._chats)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._chats
+
+    def __iter__(self) -> Iterator[Conversation]:
+        return iter(list(self._chats.values()))
+
+    def __len__(self) -> int:
+        return len(self._chats)
+
+    def get(self, name: str | None = None) -> Conversation:
+        name = self._active if name is None else name
+        try:
+            return self._chats[name]
+        except KeyError:
+            raise StoreError(f"no chat named {name!r}; chats: {', '.join(self._chats)}") from None
+
+    def can_undo(self, chat: str | None = None) -> bool:
+        return bool(self._undo.get(self._active if chat is None else chat))
+
+    def undo_depth(self, chat: str | None = None) -> int:
+        return len(self._undo.get(self._active if chat is None else chat, ()))
+
+    # -- events ----------------------------------------------------------
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call `listener(event)` after every change; returns the unsubscriber."""
+        self._listeners.append(listener)
+        return lambda: self.unsubscribe(listener)
+
+    def unsubscribe(self, listener: Listener) -> None:
+        try:
+            self._listeners.remove(listener)
+        except ValueError:
+            pass
+
+    @property
+    def listener_count(self) -> int:
+        return len(self._listeners)
+
+    def _emit(self, kind: str, chat: str, index: int | None = None, count: int = 0) -> None:
+        event = Event(kind, chat, index, count)
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:  # a broken view must never break the store
+                log.exception("ollama_magic: store listener failed on %s", event)
+
+    # -- undo ------------------------------------------------------------
+    def _remember(self, name: str) -> None:
+        conv = self._chats[name]
+        snap = _Snapshot(conv.model, conv.system, dict(conv.options), tuple(conv.turns))
+        self._push(name, snap)
+
+    def _push(self, name: str, snap: _Snapshot | None) -> None:
+        stack = self._undo.setdefault(name, deque(maxlen=self._undo_depth))
+        stack.append(snap)
+
+    def undo(self, chat: str | None = None) -> bool:
+        """Restore the chat's previous state; False when there is nothing to undo."""
+        name = self._active if chat is None else chat
+        stack = self._undo.get(name)
+        if not stack:
+            return False
+        snap = stack.pop()
+        if snap is None:  # the chat was created by a load: undo removes it
+            self._remove(name)
+            return True
+        conv = self._chats[name]
+        conv.model, conv.system = snap.model, snap.system
+        conv.options, conv.turns = dict(snap.options), list(snap.turns)
+        self._emit("restored", name)
+        return True
+
+    # -- chats -----------------------------------------------------------
+    def create(self, name: str, *, switch: bool = True) -> Conversation:
+        """A new chat with the active chat's model and options, no system prompt."""
+        name = _check_name(name)
+        if name in self._chats:
+            raise StoreError(f"a chat named {name!r} exists already")
+        base = self.active
+        conv = Conversation(name, base.model, options=copy.deepcopy(base.options))
+        self._chats[name] = conv
+        self._emit("chat_created", name)
+        if switch:
+            self.switch(name)
+        return conv
+
+    def switch(self, name: str, *, create: bool = False) -> Conversation:
+        if name not in self._chats:
+            if not create:
+                self.get(name)  # raises the friendly error
+            return self.create(name, switch=True)
+        if name != self._active:
+            self._active = name
+            self._emit("switched", name)
+        return self._chats[name]
+
+    def remove(self, name: str) -> None:
+        """Delete a chat for good (not undoable); the default chat is kept."""
+        self.get(name)
+        if len(self._chats) == 1:
+            raise StoreError("cannot remove the only chat; use reset to empty it")
+        self._remove(name)
+
+    def _remove(self, name: str) -> None:
+        del self._chats[name]
+        self._undo.pop(name, None)
+        self._emit("chat_removed", name)
+        if self._active == name:
+            self._active = next(iter(self._chats))
+            self._emit("switched", self._active)
+
+    def fork(self, new: str, *, at: int | None = None, chat: str | None = None) -> Conversation:
+        """Copy a chat (or its first `at` turns) into a new, active chat."""
+        src = self.get(chat)
+        new = _check_name(new)
+        if new in self._chats:
+            raise StoreError(f"a chat named {new!r} exists already; pick another name")
+        if at is not None and not 0 <= at <= len(src.turns):
+            raise StoreError(f"--at must be between 0 and {len(src.turns)} (the turns of {src.name!r})")
+        conv = src.copy(new, at)
+        self._chats[new] = conv
+        self._emit("chat_created", new)
+        self.switch(new)
+        return conv
+
+    # -- turns -----------------------------------------------------------
+    def base_for(self, cell_id: str | None, *, chat: str | None = None,
+                 rerun: Rerun = "rewind") -> int:
+        """How many turns a new turn from `cell_id` builds on.
+
+        A re-run cell replaces its own turn, so it sees only what came before it.
+        """
+        conv = self.get(chat)
+        if rerun == "rewind":
+            idx = conv.find_cell(cell_id)
+            if idx is not None:
+                return idx
+        return len(conv.turns)
+
+    def commit(self, turn: Turn, *, chat: str | None = None, rerun: Rerun = "rewind",
+               model: str | None = None, system: str | None | _Keep = KEEP,
+               fresh: bool = False) -> Commit:
+        """Store a finished turn, replacing the cell's earlier turn when re-run.
+
+        In the same undo step: `model`, if given, becomes the chat's model;
+        `system` (unless KEEP) its system prompt; `fresh` empties the chat first.
+        """
+        name = self._active if chat is None else chat
+        conv = self.get(name)
+        self._remember(name)
+        if model and model != conv.model:
+            conv.model = model
+            self._emit("model", name)
+        if not isinstance(system, _Keep) and (system or None) != conv.system:
+            conv.system = system or None
+            self._emit("system", name)
+        if fresh and conv.turns:
+            count = len(conv.turns)
+            conv.turns = []
+            self._emit("reset", name, 0, count)
+        idx = conv.find_cell(turn.meta.cell_id) if rerun == "rewind" else None
+        if idx is None:
+            conv.turns.append(turn)
+            self._emit("turn_added", name, len(conv.turns) - 1)
+            return Commit("appended", len(conv.turns) - 1)
+        dropped = len(conv.turns) - idx - 1
+        if dropped:
+            del conv.turns[idx + 1:]
+            self._emit("truncated", name, idx + 1, dropped)
+        conv.turns[idx] = turn
+        self._emit("turn_replaced", name, idx)
+        return Commit("rewound" if dropped else "replaced", idx, dropped)
+
+    def edit(self, index: int, content: str, *, part: int = -1, chat: str | None = None) -> None:
+        """Replace the text of one message of turn `index` (`part` 0: the user's, -1: the reply)."""
+        name = self._active if chat is None else chat
+        conv = self.get(name)
+        turn = _at(conv, index)
+        try:
+            old = turn.messages[part]
+        except IndexError:
+            raise StoreError(f"turn {index} has no message {part}") from None
+        if old.get("content") == content:
+            return
+        msgs = list(turn.messages)
+        msgs[part] = {**old, "content": content}
+        self._remember(name)
+        conv.turns[index] = Turn(tuple(msgs), replace(turn.meta, edited=True))
+        self._emit("edited", name, index)
+
+    def delete(self, index: int, *, chat: str | None = None) -> None:
+        """Delete one turn (its question and its answer together)."""
+        name = self._active if chat is None else chat
+        conv = self.get(name)
+        _at(conv, index)
+        self._remember(name)
+        del conv.turns[index]
+        self._emit("deleted", name, index)
+
+    def truncate(self, keep: int, *, chat: str | None = None) -> int:
+        """Keep only the first `keep` turns (rewind); returns how many went."""
+        name = self._active if chat is None else chat
+        conv = self.get(name)
+        if not 0 <= keep <= len(conv.turns):
+            raise StoreError(f"can keep between 0 and {len(conv.turns)} turns, not {keep}")
+        dropped = len(conv.turns) - keep
+        if dropped:
+            self._remember(name)
+            del conv.turns[keep:]
+            self._emit("truncated", name, keep, dropped)
+        return dropped
+
+    def reset(self, *, chat: str | None = None) -> int:
+        """Empty a chat's turns (system prompt, model and options stay)."""
+        name = self._active if chat is None else chat
+        conv = self.get(name)
+        count = len(conv.turns)
+        if count:
+            self._remember(name)
+            conv.turns = []
+            self._emit("reset", name, 0, count)
+        return count
+
+    # -- settings --------------------------------------------------------
+    def set_system(self, text: str | None, *, chat: str | None = None) -> None:
+        name = self._active if chat is None else chat
+        conv = self.get(name)
+        text = text or None
+        if text != conv.system:
+            self._remember(name)
+            conv.system = text
+            self._emit("system", name)
+
+    def set_model(self, model: str | None, *, chat: str | None = None) -> None:
+        name = self._active if chat is None else chat
+        conv = self.get(name)
+        if model != conv.model:
+            self._remember(name)
+            conv.model = model
+            self._emit("model", name)
+
+    def set_options(self, options: Mapping[str, Any], *, chat: str | None = None) -> None:
+        """Replace the chat's default options."""
+        name = self._active if chat is None else chat
+        conv = self.get(name)
+        if dict(options) != conv.options:
+            self._remember(name)
+            conv.options = dict(options)
+            self._emit("options", name)
+
+    # -- bulk ------------------------------------------------------------
+    def absorb(self, chats: list[Conversation], active: str | None = None) -> None:
+        """Add loaded chats, replacing same-named ones; undoable per chat."""
+        for conv in chats:
+            if conv.name in self._chats:
+                self._remember(conv.name)
+                old = self._chats[conv.name]
+                old.model, old.system = conv.model, conv.system
+                old.options, old.turns = dict(conv.options), list(conv.turns)
+                self._emit("restored", conv.name)
+            else:
+                self._chats[conv.name] = conv
+                self._push(conv.name, None)
+                self._emit("chat_created", conv.name)
+        if active and active in self._chats:
+            self.switch(active)
+
+
+def _at(conv: Conversation, index: int) -> Turn:
+    if not 0 <= index < len(conv.turns):
+        raise StoreError(f"chat {conv.name!r} has no turn {index} (it has {len(conv.turns)})")
+    return conv.turns[index]
+
+
+def _check_name(name: str) -> str:
+    name = name.strip() if isinstance(name, str) else ""
+    if not name or any(c.isspace() for c in name):
+        raise StoreError(f"a chat name must be one word, not {name!r}")
+    return name
