@@ -25,7 +25,8 @@ def load_ipython_extension(ipython: Any) -> None:
 
     magics = OllamaMagics(shell=ipython, parent=ipython)
     ipython.register_magics(magics)
-    ipython.configurables.append(magics)
+    if magics not in ipython.configurables:  # IPython >= 9 adds Magics itself
+        ipython.configurables.append(magics)
     ipython.events.register("pre_run_cell", magics.pre_run_cell)
     ipython.events.register("post_run_cell", magics.post_run_cell)
     _LOADED[id(ipython)] = magics
@@ -44,5 +45,4 @@ def unload_ipython_extension(ipython: Any) -> None:
     for kind in ("line", "cell"):
         ipython.magics_manager.magics[kind].pop("ollama", None)
     ipython.magics_manager.registry.pop(type(magics).__name__, None)
-    if magics in ipython.configurables:
-        ipython.configurables.remove(magics)
+    ipython.configurables[:] = [c for c in ipython.configurables if c is not magics]

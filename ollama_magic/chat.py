@@ -245,8 +245,8 @@ def context_window(client: ollama.Client, model: str) -> int | None:
 
 
 def installed_models(client: ollama.Client) -> list[str]:
-    """Names of the models on the server (raises like any request)."""
-    return [m.model for m in client.list().models if m.model]
+    """Names of the models on the server, as users type them (raises like any request)."""
+    return [m.model.removesuffix(":latest") for m in client.list().models if m.model]
 
 
 def _same_model(a: str, b: str) -> bool:

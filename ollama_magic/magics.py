@@ -23,7 +23,7 @@ from typing import Any
 import ollama
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Dict, Enum, Float, Int, Unicode, default
 
 from . import chat, persist
@@ -197,14 +197,18 @@ class OllamaMagics(Magics):
     @line_cell_magic
     def ollama(self, line: str, cell: str | None = None) -> Any:
         """Chat with Ollama. `%%ollama [options]` sends the cell; `%ollama help` lists the subcommands."""
-        if cell is None:
-            return self._line(line)
-        args = self._parse(self.ollama, line)
-        return self._turn(args, cell)
+        try:
+            if cell is None:
+                return self._line(line)
+            return self._turn(self._parse(self.ollama, line), cell)
+        except OllamaMagicError as exc:
+            # IPython prints one line only for UsageError itself, not subclasses.
+            raise UsageError(str(exc)) from None
 
     def _parse(self, func: Callable[..., Any], line: str) -> Any:
         try:
-            return parse_argstring(func, line)
+            # POSIX quoting, so --system "Be terse." arrives without its quotes.
+            return func.parser.parse_args(shlex.split(line))
         except ValueError as exc:  # shlex: unbalanced quotes
             raise OllamaMagicError(f"cannot parse the options: {exc}") from None
         except UsageError as exc:

@@ -1,0 +1,977 @@
+"""A deterministic stand-in for an Ollama server, for tests and offline demos.
+
+It speaks enough of the Ollama HTTP API for the real ``ollama.Client``:
+``/api/chat`` (NDJSON stream and non-stream, ``think``, ``format``, tools),
+``/api/tags``, ``/api/show``, ``/api/ps``, ``/api/version`` and ``/``.
+Its "model" answers from what it received (``I saw 3 messages. You said:
+...``) so a test can prove what the client sent, and it can be told to
+misbehave in the ways a real server does (see the attributes of
+:class:`OllamaTestServer`).
+
+Token model: a token is a whitespace-separated word. A prompt costs
+``len(content.split()) + 1`` tokens per message (the +1 stands for the role
+and template overhead, so an empty message still costs something).
+
+Run ``python -m ollama_magic.testing`` to serve in the foreground.
+Only the standard library is needed; pytest fixtures are defined when pytest
+is importable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import hashlib
+import json
+import re
+import select
+import signal
+import socket
+import socketserver
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+__all__ = [
+    "MID_STREAM_ERROR",
+    "OllamaTestServer",
+    "Recorded",
+    "default_model_info",
+    "main",
+    "start_server",
+]
+
+VERSION = "0.12.0"
+MID_STREAM_ERROR = "simulated error mid-stream"
+GARBAGE_LINE = b"this is not json"
+UNKNOWN_TOOL_NAME = "no_such_tool"
+TOOL_MODES = ("auto", "never", "always", "unknown", "badargs")
+DEFAULT_PS_CONTEXT = 4096
+# How often a sleeping stream re-checks reset(): stop() wakes it at once by
+# shutting the socket, reset() does not touch sockets.
+_WAKE_INTERVAL = 0.05
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """One HTTP request as the server received it."""
+
+    method: str
+    path: str  # without the query string
+    headers: dict[str, str]
+    body: bytes
+    json: Any  # the parsed body, or None when empty or not JSON
+    time: float  # time.monotonic() at receipt
+    peer: tuple[str, int]  # client address: the same port means a reused connection
+
+
+def default_model_info(name: str) -> dict[str, Any]:
+    """Plausible metadata for a model name, modelled on the real tags."""
+    base = name.split(":", 1)[0].lower()
+    if base.startswith("qwen3"):
+        arch, size, params, context = "qwen3", 5_225_388_164, "8.2B", 40_960
+    elif base.startswith("gemma3"):
+        arch, size, params, context = "gemma3", 3_338_801_804, "4.3B", 131_072
+    else:
+        arch, size, params, context = "llama", 2_019_393_189, "3.2B", 131_072
+    capabilities = ["completion"]
+    if not base.startswith("gemma3"):
+        capabilities.append("tools")
+    if base.startswith(("qwen3", "deepseek-r1", "gpt-oss", "magistral")):
+        capabilities.append("thinking")
+    if any(k in base for k in ("llava", "vision", "gemma3", "vl")):
+        capabilities.append("vision")
+    return {
+        "size": size,
+        "modified_at": "2025-01-01T00:00:00Z",
+        "digest": hashlib.sha256(name.encode()).hexdigest(),
+        "details": {
+            "parent_model": "",
+            "format": "gguf",
+            "family": arch,
+            "families": [arch],
+            "parameter_size": params,
+            "quantization_level": "Q4_K_M",
+        },
+        "capabilities": capabilities,
+        "architecture": arch,
+        "context_length": context,
+    }
+
+
+def split_tokens(text: str) -> list[str]:
+    """Split into word-plus-following-whitespace pieces that join back to text."""
+    tokens = re.findall(r"\s*\S+\s*", text)
+    if text and not tokens:  # whitespace only
+        return [text]
+    return tokens
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _prompt_tokens(message: dict[str, Any]) -> int:
+    content = message.get("content")
+    return len(content.split()) + 1 if isinstance(content, str) else 1
+
+
+def _schema_instance(schema: Any, root: Any, n: int, depth: int = 0) -> Any:
+    """A minimal value that satisfies a (simple) JSON schema."""
+    if depth > 10 or not isinstance(schema, dict):
+        return "text"
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        target: Any = root
+        for part in ref[2:].split("/"):
+            target = target.get(part, {}) if isinstance(target, dict) else {}
+        return _schema_instance(target, root, n, depth + 1)
+    if "const" in schema:
+        return schema["const"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        options = schema.get(key)
+        if isinstance(options, list) and options:
+            usable = [o for o in options if not (isinstance(o, dict) and o.get("type") == "null")]
+            return _schema_instance((usable or options)[0], root, n, depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind is None:
+        kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
+    if kind == "object":
+        properties = schema.get("properties") or {}
+        return {k: _schema_instance(v, root, n, depth + 1) for k, v in properties.items()}
+    if kind == "array":
+        count = max(1, int(schema.get("minItems", 1)))
+        return [_schema_instance(schema.get("items", {}), root, n, depth + 1) for _ in range(count)]
+    return {"integer": n, "number": 1.5, "boolean": True, "null": None}.get(kind, "text")
+
+
+def _tool_arguments(parameters: Any, user_text: str) -> dict[str, Any]:
+    """Arguments for a tool call: numbers come from the user's text, in order."""
+    numbers = iter(int(m) for m in re.findall(r"-?\d+", user_text))
+    fallback = iter(range(1, 1_000_000))
+    properties = parameters.get("properties") if isinstance(parameters, dict) else None
+    arguments: dict[str, Any] = {}
+    for name, spec in (properties or {}).items():
+        spec = spec if isinstance(spec, dict) else {}
+        kind = spec.get("type")
+        if isinstance(kind, list):
+            kind = next((k for k in kind if k != "null"), "string")
+        if isinstance(spec.get("enum"), list) and spec["enum"]:
+            arguments[name] = spec["enum"][0]
+        elif kind in ("integer", "number"):
+            arguments[name] = next(numbers, None) or next(fallback)
+        elif kind == "boolean":
+            arguments[name] = True
+        elif kind == "array":
+            arguments[name] = []
+        elif kind == "object":
+            arguments[name] = {}
+        else:
+            arguments[name] = user_text
+    return arguments
+
+
+@dataclass
+class _Reply:
+    """Everything the fake model will say for one chat request."""
+
+    kept: int  # messages left after num_ctx truncation
+    prompt_eval_count: int
+    chunks: list[dict[str, Any]]  # the `message` of each streamed chunk
+    counted: list[bool]  # whether each chunk is a content token (faults count these)
+    done_reason: str
+    num_ctx: int | None
+
+
+class _Cancelled(Exception):
+    """The server is stopping or was reset: abandon this response silently."""
+
+
+class _ClientGone(Exception):
+    """The client closed its end while we were streaming."""
+
+
+class _StreamOver(Exception):
+    """A fault ended the stream early; nothing more to write."""
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], owner: OllamaTestServer) -> None:
+        self.owner = owner
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind calls socket.getfqdn(), a reverse DNS lookup
+        # that can take seconds on an offline machine; skip it.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client hanging up is routine here; anything else is a real bug.
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, so the client reuses connections
+    disable_nagle_algorithm = True  # otherwise each first chunk waits ~40 ms
+    server_version = "ollama-magic-test"
+
+    @property
+    def owner(self) -> OllamaTestServer:
+        return cast(_HTTPServer, self.server).owner
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass  # tests should not print access logs
+
+    def setup(self) -> None:
+        super().setup()
+        self.owner._track(self.connection, add=True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.owner._track(self.connection, add=False)
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_HEAD(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    def do_PUT(self) -> None:
+        self._dispatch()
+
+    def do_DELETE(self) -> None:
+        self._dispatch()
+
+    # -- plumbing -----------------------------------------------------------
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            parts = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return b"".join(parts)
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _send_bytes(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _send_json(self, status: int, obj: Any) -> None:
+        body = json.dumps(obj, ensure_ascii=False).encode()
+        self._send_bytes(status, body, "application/json; charset=utf-8")
+
+    def _send_error(self, status: int, message: str) -> None:
+        self._send_json(status, {"error": message})
+
+    @staticmethod
+    def _encode_chunk(data: bytes) -> bytes:
+        return b"%X\r\n%s\r\n" % (len(data), data)
+
+    @staticmethod
+    def _encode_line(obj: Any) -> bytes:
+        return json.dumps(obj, ensure_ascii=False).encode() + b"\n"
+
+    def _write_chunk(self, data: bytes) -> None:
+        # One write per chunk: with Nagle off it leaves at once.
+        self.wfile.write(self._encode_chunk(data))
+
+    def _write_line(self, obj: Any) -> None:
+        self._write_chunk(self._encode_line(obj))
+
+    def _finish_stream(self, cancel: threading.Event, last_line: Any) -> None:
+        """Write the last line and the end of the stream in one go."""
+        tail = b"" if last_line is None else self._encode_chunk(self._encode_line(last_line))
+        # Count before writing: once the client has read the end of the
+        # stream, `completed` must already include it.
+        self.owner._bump("completed", cancel)
+        try:
+            self.wfile.write(tail + b"0\r\n\r\n")
+        except OSError:
+            self.owner._bump("completed", cancel, -1)
+            raise
+
+    def _abort(self) -> None:
+        """Cut the connection in the middle of a response."""
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _pause(self, seconds: float, cancel: threading.Event) -> None:
+        """Sleep, but wake for stop()/reset() and notice a client hanging up."""
+        if cancel.is_set():
+            raise _Cancelled
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                readable, _, _ = select.select([self.connection], [], [], min(remaining, _WAKE_INTERVAL))
+            except (OSError, ValueError):
+                readable = [self.connection]
+            if cancel.is_set():
+                raise _Cancelled
+            if readable:
+                try:
+                    peek = self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    raise _ClientGone from None
+                if not peek:
+                    raise _ClientGone
+                # The client sent more (a pipelined request); just wait.
+                cancel.wait(min(remaining, _WAKE_INTERVAL))
+                if cancel.is_set():
+                    raise _Cancelled
+
+    def _dispatch(self) -> None:
+        owner = self.owner
+        cancel = owner._cancel
+        started = time.monotonic()
+        path = urlsplit(self.path).path
+        body = self._read_body() if self.command in ("POST", "PUT", "DELETE") else b""
+        parsed: Any = None
+        bad_json: str | None = None
+        if body:
+            try:
+                parsed = json.loads(body)
+            except ValueError as e:
+                bad_json = f"invalid JSON: {e}"
+        owner._record(
+            Recorded(
+                self.command,
+                path,
+                dict(self.headers.items()),
+                body,
+                parsed,
+                started,
+                (str(self.client_address[0]), int(self.client_address[1])),
+            )
+        )
+        try:
+            route = (self.command, path)
+            if route in (("GET", "/"), ("HEAD", "/")):
+                self._send_bytes(200, b"Ollama is running", "text/plain; charset=utf-8")
+            elif route in (("GET", "/api/version"), ("HEAD", "/api/version")):
+                self._send_json(200, {"version": VERSION})
+            elif route in (("GET", "/api/tags"), ("HEAD", "/api/tags")):
+                self._send_json(200, {"models": [owner._tag_entry(n) for n in owner.models]})
+            elif route in (("GET", "/api/ps"), ("HEAD", "/api/ps")):
+                self._send_json(200, {"models": owner._ps_entries()})
+            elif route == ("POST", "/api/show"):
+                self._show(parsed, bad_json)
+            elif route == ("POST", "/api/chat"):
+                self._chat(parsed, bad_json, cancel, started)
+            else:
+                self._send_bytes(404, b"404 page not found", "text/plain")
+        except _StreamOver:
+            pass  # the fault already wrote (or cut) what it wanted
+        except _Cancelled:
+            self.close_connection = True
+        except OSError:  # the client went away outside a stream
+            self.close_connection = True
+
+    # -- endpoints ----------------------------------------------------------
+
+    def _show(self, request: Any, bad_json: str | None) -> None:
+        owner = self.owner
+        if bad_json or not isinstance(request, dict):
+            self._send_error(400, bad_json or "invalid request body")
+            return
+        name = request.get("model") or request.get("name")
+        if not name:
+            self._send_error(400, "model is required")
+            return
+        resolved = owner._resolve(str(name))
+        if resolved is None:
+            self._send_error(404, f'model "{name}" not found, try pulling it first')
+            return
+        info = owner._info(resolved)
+        arch = info["architecture"]
+        stop = '"<|im_end|>"' if arch == "qwen3" else '"<|eot_id|>"'
+        parameters = ([f"num_ctx {owner.num_ctx}"] if owner.num_ctx is not None else [])
+        parameters.append(f"stop {stop}")
+        self._send_json(
+            200,
+            {
+                "license": "",
+                "modelfile": f"# Modelfile generated by ollama_magic.testing\nFROM {resolved}\n",
+                "parameters": "\n".join(parameters),
+                "template": "{{ .Prompt }}",
+                "details": info["details"],
+                "model_info": {
+                    "general.architecture": arch,
+                    f"{arch}.context_length": info["context_length"],
+                },
+                "capabilities": list(info["capabilities"]),
+                "modified_at": info["modified_at"],
+            },
+        )
+
+    def _chat(self, request: Any, bad_json: str | None, cancel: threading.Event, started: float) -> None:
+        owner = self.owner
+        if owner.status is not None:
+            self._send_error(owner.status, f"simulated server error (HTTP {owner.status})")
+            return
+        if bad_json or not isinstance(request, dict):
+            self._send_error(400, bad_json or "invalid request body")
+            return
+        model = request.get("model")
+        if not model or not isinstance(model, str):
+            self._send_error(400, "model is required")
+            return
+        resolved = owner._resolve(model)
+        if resolved is None:
+            self._send_error(404, f'model "{model}" not found, try pulling it first')
+            return
+        messages = request.get("messages") or []
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            self._send_error(400, "messages must be a list of objects")
+            return
+        for message in messages:
+            for image in message.get("images") or []:
+                try:
+                    base64.b64decode(image, validate=True)
+                except (binascii.Error, TypeError, ValueError):
+                    self._send_error(400, "invalid image")
+                    return
+        stream = request.get("stream", True) is not False
+        content_type = "application/x-ndjson" if stream else "application/json; charset=utf-8"
+        if owner.empty_body:
+            self._send_bytes(200, b"", content_type)
+            return
+        reply = owner._compose(request, messages)
+        first_load = owner._mark_loaded(resolved, reply.num_ctx, request.get("keep_alive"))
+        stats = _Stats(started, first_load, reply)
+        if stream:
+            self._stream(model, reply, stats, cancel)
+        else:
+            self._single(model, reply, stats, cancel)
+
+    def _stream(self, model: str, reply: _Reply, stats: _Stats, cancel: threading.Event) -> None:
+        owner = self.owner
+        # Headers go out before any delay, as Ollama sends them on receipt.
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        count = 0  # content tokens sent so far
+        stalled = False
+
+        def faults() -> None:
+            nonlocal stalled
+            if owner.stall_after is not None and count >= owner.stall_after and not stalled:
+                stalled = True
+                self._pause(owner.stall_seconds, cancel)
+            if owner.error_after is not None and count >= owner.error_after:
+                self._finish_stream(cancel, {"error": MID_STREAM_ERROR})
+                raise _StreamOver
+            if owner.drop_after is not None and count >= owner.drop_after:
+                line = json.dumps(self._chunk(model, {"role": "assistant", "content": "dropped"})).encode()
+                # Promise the whole chunk, deliver half of it, hang up.
+                self.wfile.write(b"%X\r\n%s" % (len(line) + 1, line[: len(line) // 2]))
+                self._abort()
+                raise _StreamOver
+
+        try:
+            self._pause(owner.first_token_delay, cancel)
+            for i, (message, counted) in enumerate(zip(reply.chunks, reply.counted)):
+                if i:
+                    self._pause(owner.token_delay, cancel)
+                if counted:
+                    faults()
+                self._write_line(self._chunk(model, message))
+                if counted:
+                    count += 1
+                if i == 0 and owner.garbage_line:
+                    self._write_chunk(GARBAGE_LINE + b"\n")
+            faults()
+            self._finish_stream(cancel, None if owner.no_done else self._done(model, reply, stats))
+        except (_ClientGone, ConnectionError):
+            owner._bump("disconnects", cancel)
+            self._abort()
+        except _Cancelled:
+            self._abort()
+
+    def _single(self, model: str, reply: _Reply, stats: _Stats, cancel: threading.Event) -> None:
+        owner = self.owner
+        count = sum(reply.counted)
+        try:
+            self._pause(owner.first_token_delay + owner.token_delay * max(0, len(reply.chunks) - 1), cancel)
+            if owner.stall_after is not None and owner.stall_after <= count:
+                self._pause(owner.stall_seconds, cancel)
+        except _ClientGone:
+            self._abort()
+            return
+        if owner.error_after is not None and owner.error_after <= count:
+            self._send_error(500, MID_STREAM_ERROR)
+            return
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(c.get("content", "") for c in reply.chunks)}
+        thinking = "".join(c.get("thinking", "") for c in reply.chunks)
+        if thinking:
+            message["thinking"] = thinking
+        tool_calls = [t for c in reply.chunks for t in c.get("tool_calls", [])]
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        if owner.no_done:
+            obj = self._chunk(model, message)
+        else:
+            obj = self._done(model, reply, stats)
+            obj["message"] = message
+        body = json.dumps(obj, ensure_ascii=False).encode()
+        if owner.garbage_line:
+            body = GARBAGE_LINE
+        if owner.drop_after is not None and owner.drop_after <= count:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self._abort()
+            return
+        self._send_bytes(200, body, "application/json; charset=utf-8")
+
+    @staticmethod
+    def _chunk(model: str, message: dict[str, Any]) -> dict[str, Any]:
+        return {"model": model, "created_at": _now_iso(), "message": message, "done": False}
+
+    @staticmethod
+    def _done(model: str, reply: _Reply, stats: _Stats) -> dict[str, Any]:
+        return {
+            "model": model,
+            "created_at": _now_iso(),
+            "message": {"role": "assistant", "content": ""},
+            "done": True,
+            "done_reason": reply.done_reason,
+            **stats.finish(),
+        }
+
+
+class _Stats:
+    """Durations in ns: measured, but never zero so rates can be computed."""
+
+    def __init__(self, started: float, first_load: bool, reply: _Reply) -> None:
+        self.started = started
+        self.load = 1_500_000 if first_load else 80_000
+        self.prompt_eval_count = reply.prompt_eval_count
+        self.prompt_eval = max(1, reply.prompt_eval_count) * 40_000
+        self.eval_count = len(reply.chunks)
+        self.generating_since = time.monotonic()
+
+    def finish(self) -> dict[str, int]:
+        now = time.monotonic()
+        eval_ns = max(int((now - self.generating_since) * 1e9), max(1, self.eval_count) * 10_000)
+        total = max(int((now - self.started) * 1e9), self.load + self.prompt_eval + eval_ns)
+        return {
+            "total_duration": total,
+            "load_duration": self.load,
+            "prompt_eval_count": self.prompt_eval_count,
+            "prompt_eval_duration": self.prompt_eval,
+            "eval_count": self.eval_count,
+            "eval_duration": eval_ns,
+        }
+
+
+class OllamaTestServer:
+    """A local fake Ollama. Behaviour switches are plain attributes that
+    persist until :meth:`reset`; a response reads them as it goes."""
+
+    host: str
+    port: int
+    requests: list[Recorded]
+    models: dict[str, dict[str, Any]]
+    token_delay: float
+    first_token_delay: float
+    reply_tokens: int | None
+    reply: str | None
+    status: int | None
+    error_after: int | None
+    drop_after: int | None
+    stall_after: int | None
+    stall_seconds: float
+    garbage_line: bool
+    empty_body: bool
+    no_done: bool
+    num_ctx: int | None
+    tool_mode: str
+    disconnects: int
+    completed: int
+
+    def __init__(
+        self,
+        models: Sequence[str] = ("llama3.2", "qwen3"),
+        *,
+        token_delay: float = 0.0,
+        reply_tokens: int | None = None,
+        port: int = 0,
+    ) -> None:
+        self._default_models = tuple(models)
+        self._default_token_delay = token_delay
+        self._default_reply_tokens = reply_tokens
+        self._wanted_port = port
+        self.host = ""
+        self.port = 0
+        self.requests = []
+        self._lock = threading.Lock()
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._connections: set[socket.socket] = set()
+        self._cancel = threading.Event()  # replaced by reset()/start(); set = abandon
+        self._loaded: dict[str, int | None] = {}  # model -> num_ctx, in load order
+        self._apply_defaults()
+
+    def _apply_defaults(self) -> None:
+        self.models = {name: default_model_info(name) for name in self._default_models}
+        self.token_delay = self._default_token_delay
+        self.first_token_delay = 0.0
+        self.reply_tokens = self._default_reply_tokens
+        self.reply = None
+        self.status = None
+        self.error_after = None
+        self.drop_after = None
+        self.stall_after = None
+        self.stall_seconds = 30.0
+        self.garbage_line = False
+        self.empty_body = False
+        self.no_done = False
+        self.num_ctx = None
+        self.tool_mode = "auto"
+        self.disconnects = 0
+        self.completed = 0
+        self._loaded.clear()
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self) -> OllamaTestServer:
+        if self._httpd is not None:
+            return self
+        self._cancel = threading.Event()
+        httpd = _HTTPServer(("127.0.0.1", self._wanted_port), self)
+        self._httpd = httpd
+        self.port = int(httpd.server_address[1])
+        self.host = f"http://127.0.0.1:{self.port}"
+        # A short poll interval keeps stop() fast.
+        self._thread = threading.Thread(
+            target=httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"ollama-test-server:{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        self._cancel.set()  # wakes sleeping and stalled streams
+        httpd.shutdown()
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:  # also idle keep-alive connections
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
+            self._thread = None
+
+    def __enter__(self) -> OllamaTestServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def reset(self) -> None:
+        """Forget requests and stats, restore every setting, and abandon
+        responses still in flight (so they cannot bleed into the next test)."""
+        with self._lock:
+            old, self._cancel = self._cancel, threading.Event()
+            old.set()
+            self.requests.clear()
+            self._apply_defaults()
+
+    # -- inspection -----------------------------------------------------------
+
+    def chat_requests(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [
+                r.json
+                for r in self.requests
+                if r.method == "POST" and r.path == "/api/chat" and isinstance(r.json, dict)
+            ]
+
+    def last_chat(self) -> dict[str, Any]:
+        chats = self.chat_requests()
+        if not chats:
+            raise LookupError("the test server has received no /api/chat request")
+        return chats[-1]
+
+    # -- internals used by the handler ----------------------------------------
+
+    def _record(self, recorded: Recorded) -> None:
+        with self._lock:
+            self.requests.append(recorded)
+
+    def _track(self, conn: socket.socket, *, add: bool) -> None:
+        with self._lock:
+            if add:
+                self._connections.add(conn)
+            else:
+                self._connections.discard(conn)
+
+    def _bump(self, counter: str, cancel: threading.Event, by: int = 1) -> None:
+        with self._lock:
+            if cancel is self._cancel:  # not from before a reset()
+                setattr(self, counter, getattr(self, counter) + by)
+
+    def _resolve(self, name: str) -> str | None:
+        """Map a requested name to a key of `models`; "x" and "x:latest" are one."""
+        models = self.models
+        if name in models:
+            return name
+        if name.endswith(":latest") and name[: -len(":latest")] in models:
+            return name[: -len(":latest")]
+        if ":" not in name and f"{name}:latest" in models:
+            return f"{name}:latest"
+        return None
+
+    def _info(self, name: str) -> dict[str, Any]:
+        """`models[name]` over the defaults, so partial info is enough."""
+        info = default_model_info(name)
+        given = self.models.get(name) or {}
+        details = {**info["details"], **(given.get("details") or {})}
+        return {**info, **given, "details": details}
+
+    @staticmethod
+    def _tag_name(name: str) -> str:
+        return name if ":" in name else f"{name}:latest"  # as Ollama lists them
+
+    def _tag_entry(self, name: str) -> dict[str, Any]:
+        info = self._info(name)
+        return {
+            "name": self._tag_name(name),
+            "model": self._tag_name(name),
+            "modified_at": info["modified_at"],
+            "size": info["size"],
+            "digest": info["digest"],
+            "details": info["details"],
+        }
+
+    def _mark_loaded(self, name: str, num_ctx: int | None, keep_alive: Any) -> bool:
+        with self._lock:
+            first = name not in self._loaded
+            self._loaded.pop(name, None)
+            if keep_alive not in (0, "0", "0s", "0m"):  # keep_alive 0 unloads
+                self._loaded[name] = num_ctx
+            return first
+
+    def _ps_entries(self) -> list[dict[str, Any]]:
+        with self._lock:
+            loaded = list(self._loaded.items())
+        expires = (datetime.now(timezone.utc) + timedelta(minutes=5)).isoformat().replace("+00:00", "Z")
+        entries = []
+        for name, num_ctx in loaded:
+            if name not in self.models:
+                continue
+            entry = self._tag_entry(name)
+            entry.pop("modified_at")
+            entry.update(
+                expires_at=expires,
+                size_vram=entry["size"],
+                context_length=num_ctx or self.num_ctx or DEFAULT_PS_CONTEXT,
+            )
+            entries.append(entry)
+        return entries
+
+    def _compose(self, request: dict[str, Any], messages: list[dict[str, Any]]) -> _Reply:
+        """Decide the whole reply up front; streaming just paces it."""
+        options = request.get("options") if isinstance(request.get("options"), dict) else {}
+        # A request's num_ctx overrides the model's, as in Ollama.
+        num_ctx = options.get("num_ctx") if isinstance(options.get("num_ctx"), int) else self.num_ctx
+        kept = messages
+        if num_ctx is not None and messages:
+            # Drop the oldest non-system messages until the prompt fits; the
+            # last message always stays (Ollama's chatPrompt does the same).
+            for cut in range(len(messages)):
+                kept = [m for m in messages[:cut] if m.get("role") == "system"] + messages[cut:]
+                if sum(map(_prompt_tokens, kept)) <= num_ctx:
+                    break
+        n = len(kept)
+        prompt_eval_count = sum(map(_prompt_tokens, kept))
+        user_text = next(
+            (str(m.get("content") or "") for m in reversed(kept) if m.get("role") == "user"), ""
+        )
+        last = kept[-1] if kept else {}
+
+        chunks: list[dict[str, Any]] = []
+        counted: list[bool] = []
+        if request.get("think"):
+            for token in split_tokens(f"Thinking about: {user_text}"):
+                chunks.append({"role": "assistant", "content": "", "thinking": token})
+                counted.append(False)
+
+        tools = [t for t in request.get("tools") or [] if isinstance(t, dict)]
+        call = None
+        if tools and (
+            self.tool_mode == "always"
+            or (self.tool_mode in ("auto", "unknown", "badargs") and last.get("role") == "user")
+        ):
+            function = tools[0].get("function") or {}
+            name = str(function.get("name") or "")
+            arguments = _tool_arguments(function.get("parameters"), user_text)
+            if self.tool_mode == "unknown":
+                name, arguments = UNKNOWN_TOOL_NAME, {}
+            elif self.tool_mode == "badargs":
+                arguments = {"unexpected_argument": "?"}  # missing the real ones too
+            call = {"function": {"name": name, "arguments": arguments}}
+
+        done_reason = "stop"
+        if call is not None:
+            chunks.append({"role": "assistant", "content": "", "tool_calls": [call]})
+            counted.append(True)
+        elif not kept:
+            done_reason = "load"  # Ollama answers an empty chat by loading the model
+        else:
+            fmt = request.get("format")
+            if self.reply is not None:
+                text = self.reply
+            elif last.get("role") == "tool":
+                tool_name = last.get("tool_name") or last.get("name") or _last_called(kept) or "unknown"
+                text = f"The tool {tool_name} returned: {last.get('content') or ''}"
+            elif fmt == "json":
+                text = json.dumps({"messages": n, "echo": user_text}, ensure_ascii=False)
+            elif isinstance(fmt, dict):
+                text = json.dumps(_schema_instance(fmt, fmt, n), ensure_ascii=False)
+            else:
+                text = f"I saw {n} messages. You said: {user_text}"
+                images = [m for m in reversed(kept) if m.get("role") == "user"][:1]
+                k = len(images[0].get("images") or []) if images else 0
+                if k:
+                    text += f" I see {k} image(s)."
+            tokens = split_tokens(text)
+            # Padding would break JSON output, so it only applies to prose.
+            if self.reply_tokens is not None and not fmt:
+                if len(tokens) < self.reply_tokens:
+                    extra = self.reply_tokens - len(tokens)
+                    tokens = split_tokens(text + "".join(f" w{i}" for i in range(1, extra + 1)))
+                elif len(tokens) > self.reply_tokens:
+                    tokens, done_reason = tokens[: self.reply_tokens], "length"
+            num_predict = options.get("num_predict")
+            if isinstance(num_predict, int) and 0 <= num_predict < len(tokens):
+                tokens, done_reason = tokens[:num_predict], "length"
+            for token in tokens:
+                chunks.append({"role": "assistant", "content": token})
+                counted.append(True)
+        return _Reply(n, prompt_eval_count, chunks, counted, done_reason, num_ctx)
+
+
+def _last_called(messages: list[dict[str, Any]]) -> str | None:
+    for message in reversed(messages):
+        for call in message.get("tool_calls") or []:
+            name = (call.get("function") or {}).get("name") if isinstance(call, dict) else None
+            if name:
+                return str(name)
+    return None
+
+
+def start_server(**kwargs: Any) -> OllamaTestServer:
+    """Start a server on a background daemon thread, e.g. for a notebook:
+    ``os.environ["OLLAMA_HOST"] = start_server().host``."""
+    return OllamaTestServer(**kwargs).start()
+
+
+try:
+    import pytest
+except ImportError:  # fixtures are optional; the server itself needs only stdlib
+    pytest = None  # type: ignore[assignment]
+
+if pytest is not None:
+
+    @pytest.fixture(scope="session")
+    def _ollama_server_session() -> Iterator[OllamaTestServer]:
+        server = OllamaTestServer().start()
+        yield server
+        server.stop()
+
+    @pytest.fixture
+    def ollama_server(
+        _ollama_server_session: OllamaTestServer, monkeypatch: pytest.MonkeyPatch
+    ) -> Iterator[OllamaTestServer]:
+        """The shared test server, reset, with OLLAMA_HOST pointing at it."""
+        server = _ollama_server_session
+        server.reset()
+        monkeypatch.setenv("OLLAMA_HOST", server.host)
+        yield server
+        server.reset()  # abandon anything this test left streaming
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ollama_magic.testing",
+        description="Serve a deterministic fake Ollama API on 127.0.0.1.",
+    )
+    parser.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between streamed tokens")
+    parser.add_argument("--models", default="llama3.2,qwen3", help="comma-separated model names")
+    args = parser.parse_args(argv)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    server = OllamaTestServer(models, token_delay=args.token_delay, port=args.port).start()
+    print(f"Ollama test server on {server.host}\nexport OLLAMA_HOST={server.host}", flush=True)
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Shared fixtures: the project's Ollama-API test server and in-process IPython shells."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from IPython.core.displaypub import DisplayPublisher
+from IPython.core.interactiveshell import InteractiveShell
+
+pytest_plugins = ["ollama_magic.testing"]  # the ollama_server fixture
+
+
+class RecordingPublisher(DisplayPublisher):
+    """A frontend stand-in: records every display message instead of printing reprs."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.messages: list[dict[str, Any]] = []
+
+    def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kwargs):  # type: ignore[override]
+        self.messages.append({"data": data, "transient": transient or {}, "update": update})
+
+    def clear_output(self, wait: bool = False) -> None:
+        self.messages.append({"clear": True})
+
+    @property
+    def updates(self) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m.get("update")]
+
+    @property
+    def last_markdown(self) -> str:
+        for m in reversed(self.messages):
+            if "data" in m and "text/markdown" in m["data"]:
+                return m["data"]["text/markdown"]
+        raise AssertionError("no markdown was displayed")
+
+
+def _fresh_shell(server: Any, monkeypatch: pytest.MonkeyPatch) -> InteractiveShell:
+    monkeypatch.setenv("OLLAMA_HOST", server.host)
+    monkeypatch.delenv("OLLAMA_MODEL", raising=False)
+    monkeypatch.delenv("OLLAMA_API_KEY", raising=False)
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("unload_ext", "ollama_magic") if "ollama" in ip.magics_manager.magics["line"] else None
+    ip.config.pop("OllamaMagics", None)  # %config from an earlier test must not leak
+    ip.run_line_magic("load_ext", "ollama_magic")
+    ip.run_line_magic("ollama", "model llama3.2")
+    return ip
+
+
+@pytest.fixture
+def shell(ollama_server: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Iterator[InteractiveShell]:
+    """A terminal-like shell (no rich frontend) with the extension loaded fresh."""
+    ip = _fresh_shell(ollama_server, monkeypatch)
+    saved = ip.display_pub
+    ip.display_pub = DisplayPublisher(shell=ip)
+    capsys.readouterr()
+    yield ip
+    ip.display_pub = saved
+    ip.run_line_magic("unload_ext", "ollama_magic")
+
+
+@pytest.fixture
+def nb_shell(ollama_server: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
+    """A shell whose display messages are recorded, as a notebook frontend gets them."""
+    ip = _fresh_shell(ollama_server, monkeypatch)
+    saved = ip.display_pub
+    ip.display_pub = RecordingPublisher(shell=ip)
+    yield ip
+    ip.display_pub = saved
+    ip.run_line_magic("unload_ext", "ollama_magic")
+
+
+def magics_of(ip: InteractiveShell) -> Any:
+    return ip.magics_manager.registry["OllamaMagics"]
+
+
+def run(ip: InteractiveShell, source: str, cell_id: str | None = None) -> Any:
+    """Run a cell like a kernel does (with a cell id when given)."""
+    return ip.run_cell(source, store_history=True, cell_id=cell_id)
