@@ -216,7 +216,6 @@ def call_tool(tools: Mapping[str, Callable[..., Any]], name: str,
 
 # -- what the server knows about models -----------------------------------
 _NUM_CTX = re.compile(r"^\s*num_ctx\s+(\d+)\s*$", re.MULTILINE)
-_window_cache: dict[tuple[int, str], int | None] = {}
 
 
 def context_window(client: ollama.Client, model: str) -> int | None:
@@ -224,11 +223,8 @@ def context_window(client: ollama.Client, model: str) -> int | None:
 
     `num_ctx` from the model's parameters, else the loaded model's context
     length from /api/ps. (`model_info.*.context_length` is the trained
-    maximum, not the window.) Cached per client and model.
+    maximum, not the window.) Two requests: callers cache the answer.
     """
-    key = (id(client), model)
-    if key in _window_cache:
-        return _window_cache[key]
     window: int | None = None
     try:
         params = client.show(model).parameters or ""
@@ -240,7 +236,6 @@ def context_window(client: ollama.Client, model: str) -> int | None:
                     window = int(running.context_length)
     except Exception:  # only a hint for the overflow warning; never fail a turn for it
         return None
-    _window_cache[key] = window
     return window
 
 

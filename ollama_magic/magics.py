@@ -12,7 +12,6 @@ import base64
 import json
 import os
 import re
-import shlex
 import sys
 import time
 import traceback
@@ -38,6 +37,7 @@ DEFAULT_HOST = "http://127.0.0.1:11434"
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _CODE_BLOCK = re.compile(r"^ {0,3}(`{3,}|~{3,})[^\n]*\n(.*?)^ {0,3}\1[ \t]*$", re.DOTALL | re.MULTILINE)
 _ERROR_CHARS = 4000
+_WINDOW_TTL = 60.0  # seconds a model's context window is trusted
 
 
 def _json_value(key: str, raw: str) -> Any:
@@ -95,6 +95,7 @@ class OllamaMagics(Magics):
         self.last_reply: str | None = None
         self.last_error: tuple[str, str] | None = None  # (code, traceback) of the last failing cell
         self._auto_model: str | None = None
+        self._windows: dict[tuple[str, str], tuple[float, int | None]] = {}
 
     # -- kernel events ---------------------------------------------------
     def pre_run_cell(self, info: Any) -> None:
@@ -208,7 +209,7 @@ class OllamaMagics(Magics):
     def _parse(self, func: Callable[..., Any], line: str) -> Any:
         try:
             # POSIX quoting, so --system "Be terse." arrives without its quotes.
-            return func.parser.parse_args(shlex.split(line))
+            return func.parser.parse_args(_split(line))
         except ValueError as exc:  # shlex: unbalanced quotes
             raise OllamaMagicError(f"cannot parse the options: {exc}") from None
         except UsageError as exc:
@@ -341,7 +342,7 @@ class OllamaMagics(Magics):
         prompt = meta.prompt_eval_count
         if not self.warn_context or not prompt:
             return []
-        window = options.get("num_ctx") or chat.context_window(client, model) or self.default_num_ctx
+        window = options.get("num_ctx") or self.context_window(model, client) or self.default_num_ctx
         fix = f"raise it with %ollama options num_ctx={max(2 * int(window), 8192)}, or %ollama reset"
         if prompt >= 0.9 * window:
             return [f"⚠ context {prompt}/{window} tokens: Ollama drops the oldest messages past this; {fix}"]
@@ -350,6 +351,16 @@ class OllamaMagics(Magics):
         if grew and earlier and prompt < max(earlier):
             return [f"⚠ prompt shrank to {prompt} tokens from {max(earlier)}: Ollama is dropping old messages; {fix}"]
         return []
+
+    def context_window(self, model: str, client: ollama.Client | None = None) -> int | None:
+        """The server's window for `model`, asked at most once a minute."""
+        key = (self._host()[0], model)
+        hit = self._windows.get(key)
+        if hit is not None and time.monotonic() - hit[0] < _WINDOW_TTL:
+            return hit[1]
+        window = chat.context_window(client or self.client(), model)
+        self._windows[key] = (time.monotonic(), window)
+        return window
 
     def _error_prompt(self, question: str) -> str:
         if self.last_error is None:
@@ -609,8 +620,29 @@ class OllamaMagics(Magics):
         print("\n".join(lines))
 
 
+_TOKEN = re.compile(r"""(?:"(?:[^"\\]|\\.)*"|'[^']*'|[^\s"'])+""")
+_QUOTED = re.compile(r"""^((?:-[-\w]*|[A-Za-z_]\w*)=)?("(?:[^"\\]|\\.)*"|'[^']*')$""")
+
+
 def _split(text: str) -> list[str]:
-    return shlex.split(text)
+    """Split like a shell, but keep quotes that are part of a value.
+
+    `--system "Be terse."` loses its quotes; `-o stop=["x"]` keeps them, so
+    JSON values can be typed as they are.
+    """
+    tokens = _TOKEN.findall(text)
+    if _TOKEN.sub("", text).strip():  # only an unclosed quote is left over
+        raise ValueError("a quote is not closed")
+    out = []
+    for tok in tokens:
+        m = _QUOTED.match(tok)
+        if m:
+            inner = m.group(2)[1:-1]
+            if m.group(2)[0] == '"':
+                inner = re.sub(r'\\(.)', r"\1", inner)
+            tok = (m.group(1) or "") + inner
+        out.append(tok)
+    return out
 
 
 def _keep(system: str | None) -> str | None | _Keep:

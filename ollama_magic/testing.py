@@ -32,6 +32,7 @@ import socketserver
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -209,6 +210,7 @@ class _StreamOver(Exception):
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    block_on_close = False  # stop() must not wait for a handler stuck in a write
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], owner: OllamaTestServer) -> None:
@@ -233,6 +235,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, so the client reuses connections
     disable_nagle_algorithm = True  # otherwise each first chunk waits ~40 ms
     server_version = "ollama-magic-test"
+    _headers_sent = False
 
     @property
     def owner(self) -> OllamaTestServer:
@@ -250,6 +253,10 @@ class _Handler(BaseHTTPRequestHandler):
             super().finish()
         finally:
             self.owner._track(self.connection, add=False)
+
+    def end_headers(self) -> None:
+        self._headers_sent = True
+        super().end_headers()
 
     def do_GET(self) -> None:
         self._dispatch()
@@ -270,7 +277,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            parts = []
+            parts: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:
@@ -362,6 +369,7 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.owner
         cancel = owner._cancel
         started = time.monotonic()
+        self._headers_sent = False
         path = urlsplit(self.path).path
         body = self._read_body() if self.command in ("POST", "PUT", "DELETE") else b""
         parsed: Any = None
@@ -404,6 +412,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         except OSError:  # the client went away outside a stream
             self.close_connection = True
+        except Exception as e:  # a bug here: say so instead of hanging up
+            traceback.print_exc()
+            if self._headers_sent:
+                self._abort()
+            else:
+                self.close_connection = True
+                self._send_error(500, f"ollama_magic.testing failed: {e!r}")
 
     # -- endpoints ----------------------------------------------------------
 
@@ -607,8 +622,31 @@ class _Stats:
 
 
 class OllamaTestServer:
-    """A local fake Ollama. Behaviour switches are plain attributes that
-    persist until :meth:`reset`; a response reads them as it goes."""
+    """A local fake Ollama on 127.0.0.1.
+
+    Behaviour switches are plain attributes that persist until :meth:`reset`;
+    a response reads them as it goes:
+
+    - ``models``: name -> info (see :func:`default_model_info`; partial info
+      is filled in). "x" and "x:latest" name the same model.
+    - ``token_delay`` / ``first_token_delay``: seconds between streamed
+      chunks / before the first one (headers go out at once).
+    - ``reply_tokens``: pad prose replies with " w1 w2 ..." (or cut them,
+      done_reason "length") to exactly this many content tokens.
+    - ``reply``: fixed content instead of the echo.
+    - ``status``: answer every /api/chat with this HTTP status.
+    - ``error_after`` / ``drop_after`` / ``stall_after``: after N content
+      tokens (thinking chunks do not count, a tool call does), send an error
+      line / cut the connection mid-line / sleep ``stall_seconds``.
+    - ``garbage_line``, ``empty_body``, ``no_done``: malformed streams.
+    - ``num_ctx``: the model's context window (a request's
+      ``options.num_ctx`` wins, as in Ollama); older messages are dropped to
+      fit.
+    - ``tool_mode``: "auto", "never", "always", "unknown" or "badargs".
+
+    ``disconnects`` and ``completed`` count streams the client abandoned and
+    streams written to the end.
+    """
 
     host: str
     port: int
@@ -827,7 +865,7 @@ class OllamaTestServer:
 
     def _compose(self, request: dict[str, Any], messages: list[dict[str, Any]]) -> _Reply:
         """Decide the whole reply up front; streaming just paces it."""
-        options = request.get("options") if isinstance(request.get("options"), dict) else {}
+        options: dict[str, Any] = request["options"] if isinstance(request.get("options"), dict) else {}
         # A request's num_ctx overrides the model's, as in Ollama.
         num_ctx = options.get("num_ctx") if isinstance(options.get("num_ctx"), int) else self.num_ctx
         kept = messages

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Generator, Iterator
+from typing import Any, Literal, cast
 
 import httpx
 import ollama
@@ -43,12 +46,18 @@ def add(a: int, b: int) -> int:
 
 
 @pytest.fixture
-def client(ollama_server: OllamaTestServer) -> ollama.Client:
-    return ollama.Client(host=ollama_server.host)
+def client(ollama_server: OllamaTestServer) -> Iterator[ollama.Client]:
+    with ollama.Client(host=ollama_server.host) as c:
+        yield c
 
 
 def collect(stream: Any) -> list[ollama.ChatResponse]:
     return list(stream)
+
+
+def close(stream: Iterator[Any]) -> None:
+    """Close a stream early, as the extension does on interrupt."""
+    cast(Generator[Any, None, None], stream).close()
 
 
 # -- chat -------------------------------------------------------------------
@@ -63,9 +72,9 @@ def test_stream_echoes_and_ends_with_stats(client: ollama.Client) -> None:
     assert done.done and done.done_reason == "stop" and done.message.content == ""
     assert done.eval_count == len(tokens)
     assert done.prompt_eval_count == 3  # "hello there" + 1 for the message
-    for key in ("total_duration", "load_duration", "prompt_eval_duration", "eval_duration"):
-        assert getattr(done, key) > 0
-    assert done.total_duration >= done.load_duration + done.prompt_eval_duration + done.eval_duration
+    ns = {k: getattr(done, k) for k in ("total_duration", "load_duration", "prompt_eval_duration", "eval_duration")}
+    assert all(isinstance(v, int) and v > 0 for v in ns.values())
+    assert ns["total_duration"] >= ns["load_duration"] + ns["prompt_eval_duration"] + ns["eval_duration"]
 
 
 def test_wire_format(ollama_server: OllamaTestServer) -> None:
@@ -115,7 +124,8 @@ def test_latest_tag_resolves(client: ollama.Client) -> None:
 
 def test_fixture_sets_ollama_host(ollama_server: OllamaTestServer) -> None:
     assert os.environ["OLLAMA_HOST"] == ollama_server.host
-    assert ollama.Client().chat("llama3.2", USER).done
+    with ollama.Client() as c:
+        assert c.chat("llama3.2", USER).done
 
 
 def test_reply_and_reply_tokens(client: ollama.Client, ollama_server: OllamaTestServer) -> None:
@@ -200,7 +210,7 @@ def test_tool_defaults_and_modes(client: ollama.Client, ollama_server: OllamaTes
 
     ollama_server.tool_mode = "never"
     r = client.chat("llama3.2", USER, tools=[add])
-    assert not r.message.tool_calls and r.message.content.startswith("I saw")
+    assert not r.message.tool_calls and (r.message.content or "").startswith("I saw")
 
     ollama_server.tool_mode = "always"
     r = client.chat("llama3.2", tool_reply, tools=[add])
@@ -276,7 +286,7 @@ def test_garbage_line(client: ollama.Client, ollama_server: OllamaTestServer) ->
     assert next(stream).message.content == "I "
     with pytest.raises(json.JSONDecodeError):
         next(stream)
-    stream.close()
+    close(stream)
 
 
 def test_no_done(client: ollama.Client, ollama_server: OllamaTestServer) -> None:
@@ -315,7 +325,7 @@ def test_num_ctx_truncates_oldest(client: ollama.Client, ollama_server: OllamaTe
         {"role": "user" if i % 2 == 0 else "assistant", "content": f"message number {i}"} for i in range(9)
     ]  # system costs 2, each other message 4: 38 in all
     r = client.chat("llama3.2", history)
-    assert r.prompt_eval_count == 38 and r.message.content.startswith("I saw 10 messages")
+    assert r.prompt_eval_count == 38 and (r.message.content or "").startswith("I saw 10 messages")
     ollama_server.num_ctx = 15
     r = client.chat("llama3.2", history)
     assert r.message.content == "I saw 4 messages. You said: message number 8"
@@ -323,7 +333,7 @@ def test_num_ctx_truncates_oldest(client: ollama.Client, ollama_server: OllamaTe
     assert "num_ctx 15" in (client.show("llama3.2").parameters or "")
     # A request's own num_ctx wins, as in Ollama.
     r = client.chat("llama3.2", history, options={"num_ctx": 100})
-    assert r.message.content.startswith("I saw 10 messages")
+    assert (r.message.content or "").startswith("I saw 10 messages")
 
 
 # -- timing, disconnects, lifecycle -----------------------------------------
@@ -353,7 +363,7 @@ def test_client_disconnect_is_detected(client: ollama.Client, ollama_server: Oll
     stream = client.chat("llama3.2", USER, stream=True)
     for _, _chunk in zip(range(3), stream):
         pass
-    stream.close()
+    close(stream)
     deadline = time.monotonic() + 2
     while ollama_server.disconnects == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -371,10 +381,11 @@ def test_stop_interrupts_a_stall() -> None:
 
     def consume() -> None:
         try:
-            for chunk in ollama.Client(host=server.host).chat("llama3.2", USER, stream=True):
-                got.append(chunk.message.content or "")
-                if len(got) == 2:
-                    two.set()
+            with ollama.Client(host=server.host) as c:
+                for chunk in c.chat("llama3.2", USER, stream=True):
+                    got.append(chunk.message.content or "")
+                    if len(got) == 2:
+                        two.set()
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
 
@@ -402,7 +413,8 @@ def test_reset_releases_a_stall(client: ollama.Client, ollama_server: OllamaTest
 
 def test_concurrent_streams(ollama_server: OllamaTestServer) -> None:
     ollama_server.token_delay = 0.05
-    clients = [ollama.Client(host=ollama_server.host) for _ in range(4)]
+    stack = contextlib.ExitStack()
+    clients = [stack.enter_context(ollama.Client(host=ollama_server.host)) for _ in range(4)]
     results: dict[int, str] = {}
     finished: list[float] = []
 
@@ -416,6 +428,7 @@ def test_concurrent_streams(ollama_server: OllamaTestServer) -> None:
         t.start()
     for t in threads:
         t.join(5)
+    stack.close()
     assert results == {i: f"I saw 1 messages. You said: n{i}" for i in range(4)}
     # In parallel: every request arrived before the first stream finished.
     assert max(r.time for r in ollama_server.requests) < min(finished)
@@ -425,7 +438,8 @@ def test_start_stop_and_context_manager() -> None:
     start = time.monotonic()
     with OllamaTestServer(models=["tiny"]) as server:
         assert server.host == f"http://127.0.0.1:{server.port}"
-        assert ollama.Client(host=server.host).chat("tiny", USER).done
+        with ollama.Client(host=server.host) as c:
+            assert c.chat("tiny", USER).done
     assert time.monotonic() - start < 1
     server2 = start_server(token_delay=0.0)
     try:
@@ -468,6 +482,11 @@ def test_ps(client: ollama.Client, ollama_server: OllamaTestServer) -> None:
     ollama_server.num_ctx = 1024
     client.chat("qwen3", USER)
     assert client.ps().models[0].context_length == 1024
+    # An empty chat just loads; keep_alive=0 unloads, as in Ollama.
+    r = client.chat("llama3.2", [])
+    assert r.done and r.done_reason == "load" and len(client.ps().models) == 2
+    client.chat("qwen3", [], keep_alive=0)
+    assert [m.model for m in client.ps().models] == ["llama3.2:latest"]
 
 
 def test_version_and_root(ollama_server: OllamaTestServer) -> None:
@@ -478,21 +497,22 @@ def test_version_and_root(ollama_server: OllamaTestServer) -> None:
 
 
 def test_command_line() -> None:
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "ollama_magic.testing", "--port", "0", "--models", "a,b"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        first = proc.stdout.readline()
-        assert first.startswith("Ollama test server on http://127.0.0.1:")
-        host = first.split(" on ")[1].strip()
-        assert proc.stdout.readline().strip() == f"export OLLAMA_HOST={host}"
-        assert [m.model for m in ollama.Client(host=host).list().models] == ["a:latest", "b:latest"]
-        proc.terminate()
-        assert proc.wait(5) == 0
-    finally:
-        proc.kill()
-        proc.wait()
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            first = proc.stdout.readline()
+            assert first.startswith("Ollama test server on http://127.0.0.1:")
+            host = first.split(" on ")[1].strip()
+            assert proc.stdout.readline().strip() == f"export OLLAMA_HOST={host}"
+            with ollama.Client(host=host) as c:
+                assert [m.model for m in c.list().models] == ["a:latest", "b:latest"]
+            proc.send_signal(signal.SIGINT)  # Ctrl-C
+            assert proc.wait(5) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
