@@ -642,7 +642,8 @@ class OllamaTestServer:
     - ``num_ctx``: the model's context window (a request's
       ``options.num_ctx`` wins, as in Ollama); older messages are dropped to
       fit.
-    - ``tool_mode``: "auto", "never", "always", "unknown" or "badargs".
+    - ``tool_mode``: "auto", "never", "always", "unknown", "badargs" or
+      "rogue" (asks for a tool named ``secret`` even when no tools are offered).
 
     ``disconnects`` and ``completed`` count streams the client abandoned and
     streams written to the end.
@@ -904,6 +905,9 @@ class OllamaTestServer:
             elif self.tool_mode == "badargs":
                 arguments = {"unexpected_argument": "?"}  # missing the real ones too
             call = {"function": {"name": name, "arguments": arguments}}
+        elif self.tool_mode == "rogue" and last.get("role") == "user":
+            # A confused model asking for a tool nobody offered: must never run.
+            call = {"function": {"name": "secret", "arguments": {}}}
 
         done_reason = "stop"
         if call is not None:

@@ -343,24 +343,37 @@ class HistoryPanel(w.VBox):
 
     def _fill_settings(self) -> None:
         """Chat selector, model field and system prompt from the store."""
+        self._fill_selector()
+        self._fill_model()
+        self._fill_system()
+        self.export_path.placeholder = f"{self._chat}.md"
+
+    def _fill_model(self) -> None:
         conv = self._conv()
+        default = self._default()
         self._quiet += 1
         try:
-            self._fill_selector()
-            default = self._default()
             if isinstance(self.model_field, w.Dropdown):
                 names = list(self._installed or [])
                 if conv.model and conv.model not in names:
                     names.append(conv.model)
                 blank = f"(default: {default})" if default else "(none)"
-                self.model_field.options = [(blank, "")] + [(n, n) for n in names]
+                options = [(blank, "")] + [(n, n) for n in names]
+                if list(self.model_field.options) != options:
+                    self.model_field.options = options
                 self.model_field.value = conv.model or ""
             else:
                 self.model_field.placeholder = default or "model name"
                 self.model_field.value = conv.model or ""
-            self.system_text.value = conv.system or ""
-            self.system_text.rows = max(2, _rows_for(conv.system or ""))
-            self.export_path.placeholder = f"{self._chat}.md"
+        finally:
+            self._quiet -= 1
+
+    def _fill_system(self) -> None:
+        text = self._conv().system or ""
+        self._quiet += 1
+        try:
+            self.system_text.value = text
+            self.system_text.rows = max(2, _rows_for(text))
         finally:
             self._quiet -= 1
 
@@ -579,8 +592,12 @@ class HistoryPanel(w.VBox):
             self._on_deleted(event.index)
         elif kind == "reset":
             self._drop_from(0)
-        elif kind in ("system", "model", "options"):
-            self._fill_settings()
+        elif kind == "system":
+            self._fill_system()
+        elif kind == "model":
+            self._fill_model()
+        elif kind == "options":
+            pass  # num_ctx may have changed: the summary below shows it
         elif kind == "restored":
             self._fill_settings()
             self._render_turns(keep_visible=True)
