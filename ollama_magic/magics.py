@@ -287,9 +287,13 @@ class OllamaMagics(Magics):
         if not args.once:
             meta = self._meta(reply.stats, cell_id, model, "ok", options)
             turn = Turn((user, *exchange, reply_msg), meta)
-            notes += self._context_notes(conv, meta, base, client, model, options)
+            # A prompt smaller than an earlier one of a history that only grew
+            # means Ollama dropped messages; judge against the history as it was.
+            grew = base == len(conv.turns) and not args.new and not any(t.meta.edited for t in conv.turns)
+            prior = max((t.meta.prompt_eval_count or 0 for t in conv.turns[:base]), default=0) if grew else 0
             done = store.commit(turn, rerun=self.rerun, model=args.model or None,
                                 system=_keep(args.system), fresh=args.new)
+            notes += self._context_notes(meta.prompt_eval_count, prior, client, model, options)
             if done.dropped:
                 notes.append(f"rewound {done.dropped} later turn{'s' if done.dropped != 1 else ''} (undo with %ollama undo)")
         else:
@@ -336,20 +340,19 @@ class OllamaMagics(Magics):
                                                      "total_duration", "load_duration",
                                                      "prompt_eval_duration", "eval_duration")})
 
-    def _context_notes(self, conv: Any, meta: TurnMeta, base: int, client: ollama.Client,
+    def _context_notes(self, prompt: int | None, prior: int, client: ollama.Client,
                        model: str, options: Mapping[str, Any]) -> list[str]:
         """Ollama drops the oldest messages silently past num_ctx; say so."""
-        prompt = meta.prompt_eval_count
         if not self.warn_context or not prompt:
             return []
-        window = options.get("num_ctx") or self.context_window(model, client) or self.default_num_ctx
+        explicit = options.get("num_ctx")
+        window = explicit if isinstance(explicit, int) and explicit > 0 else None
+        window = window or self.context_window(model, client) or self.default_num_ctx
         fix = f"raise it with %ollama options num_ctx={max(2 * int(window), 8192)}, or %ollama reset"
         if prompt >= 0.9 * window:
             return [f"⚠ context {prompt}/{window} tokens: Ollama drops the oldest messages past this; {fix}"]
-        earlier = [t.meta.prompt_eval_count or 0 for t in conv.turns[:base]]
-        grew = base == len(conv.turns) and not any(t.meta.edited for t in conv.turns)
-        if grew and earlier and prompt < max(earlier):
-            return [f"⚠ prompt shrank to {prompt} tokens from {max(earlier)}: Ollama is dropping old messages; {fix}"]
+        if prompt < prior:
+            return [f"⚠ prompt shrank to {prompt} tokens from {prior}: Ollama is dropping old messages; {fix}"]
         return []
 
     def context_window(self, model: str, client: ollama.Client | None = None) -> int | None:

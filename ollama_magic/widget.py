@@ -4,9 +4,12 @@
 is the one module of the package that imports ipywidgets; `%ollama history`
 imports it when a panel is shown.
 
-Safety: everything a user or a model wrote is shown as plain text (Textarea,
-Label, button and accordion titles are text, never HTML). The panel creates no
-HTML or Markdown widgets at all.
+Safety: everything a user or a model wrote is shown as plain text. Message
+text, thinking and the system prompt live in Textareas (plain text by nature).
+The one-line headers (role, model, tokens, cell, status, tool calls) are HTML
+widgets built from fixed markup with every piece of data passed through
+`html.escape`; HTML widgets rather than Labels because a Label is typeset by
+MathJax, which would interpret `$...$` in model output. No Markdown widgets.
 
 Liveness: the panel subscribes to the store and applies each event to the rows
 it concerns: a new turn appends that turn's rows, an edit rebuilds that turn's
@@ -24,6 +27,7 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import html
 import json
 import keyword
 import logging
@@ -31,7 +35,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import ipywidgets as w
-from ipywidgets.widgets.widget_string import LabelStyle, TextStyle  # not exported at top level
+from ipywidgets.widgets.widget_string import HTMLStyle, TextStyle  # not exported at top level
 
 from . import persist
 from .images import image_kind
@@ -45,6 +49,14 @@ _MAX_ROWS = 12  # tallest a text area opens (it scrolls beyond)
 _WRAP = 100  # characters per visual line when sizing text areas
 _STATUS_MAX = 300  # the status line is one line, cut to this length
 _ROLE_TEXT = {"user": "You", "assistant": "Assistant", "tool": "Tool", "system": "System"}
+_ROLE_COLOR = {"user": "#0b5cad", "assistant": "#1a7f37", "tool": "#8250df"}
+_MUTED = "color:#57606a;font-size:12px"
+_WARN = "color:#b00020;font-weight:bold;font-size:12px"
+
+
+def _esc(value: object) -> str:
+    """Data as HTML text: every `<`, `>`, `&` and quote escaped."""
+    return html.escape(str(value), quote=True)
 
 
 def _rows_for(text: str) -> int:
@@ -75,7 +87,6 @@ class _Kit:
                       border_left="3px solid #d0d7de")
         self.row = L(width="100%", margin="1px 0")
         self.bar = L(width="100%", align_items="center", min_height="24px")
-        self.role = L(width="88px", min_width="88px")
         self.info = L(width="auto", flex="1 1 auto")
         self.auto = L(width="auto")
         self.button = L(width="auto", height="24px", margin="0 0 0 4px")
@@ -84,21 +95,12 @@ class _Kit:
                        margin="2px 4px 2px 0")
         self.thumbs = L(width="100%", flex_flow="row wrap")
         self.acc = L(width="100%")
-        self.role_styles = {
-            "user": LabelStyle(font_weight="bold", text_color="#0b5cad"),
-            "assistant": LabelStyle(font_weight="bold", text_color="#1a7f37"),
-            "tool": LabelStyle(font_weight="bold", text_color="#8250df"),
-            "other": LabelStyle(font_weight="bold"),
-        }
-        self.info_style = LabelStyle(text_color="#57606a", font_size="12px")
-        self.turn_style = LabelStyle(text_color="#57606a", font_size="12px", font_weight="bold")
-        self.warn_style = LabelStyle(text_color="#b00020", font_weight="bold", font_size="12px")
+        self.html_style = HTMLStyle()
         self.button_style = w.ButtonStyle(font_size="12px")
         self.text_style = TextStyle()
         self.all: list[w.Widget] = [
-            self.turn, self.row, self.bar, self.role, self.info, self.auto, self.button, self.text,
-            self.thumb, self.thumbs, self.acc, *self.role_styles.values(), self.info_style,
-            self.turn_style, self.warn_style, self.button_style, self.text_style,
+            self.turn, self.row, self.bar, self.info, self.auto, self.button, self.text,
+            self.thumb, self.thumbs, self.acc, self.html_style, self.button_style, self.text_style,
         ]
         self.ids = {id(x) for x in self.all}
 
@@ -121,16 +123,17 @@ def _dispose(widget: w.Widget, shared: set[int]) -> None:
 
 
 class _MessageRow(w.VBox):
-    """One message: a bar (role, model, tokens, cell, status, Save edit) and its text."""
+    """One message: a bar (role, model, tokens, cell, status; Save edit) and its text."""
 
-    def __init__(self, children: Iterable[w.Widget], *, part: int, text: w.Textarea,
-                 save_button: w.Button, status_label: w.Label | None, thinking: w.Accordion | None,
-                 images: list[w.Image], info: w.Label, layout: w.Layout) -> None:
+    def __init__(self, children: Iterable[w.Widget], *, part: int, role: str, text: w.Textarea,
+                 save_button: w.Button, interrupted: bool, thinking: w.Accordion | None,
+                 images: list[w.Image], info: w.HTML, layout: w.Layout) -> None:
         super().__init__(children=tuple(children), layout=layout)
         self.part = part
+        self.role = role
         self.text = text
         self.save_button = save_button
-        self.status_label = status_label
+        self.interrupted = interrupted
         self.thinking = thinking
         self.images = images
         self.info = info
@@ -140,7 +143,7 @@ class _MessageRow(w.VBox):
 class _TurnView(w.VBox):
     """One turn: its number and turn buttons, then one `_MessageRow` per message."""
 
-    def __init__(self, turn: Turn, index: int, title: w.Label, rows: list[_MessageRow],
+    def __init__(self, turn: Turn, index: int, title: w.HTML, rows: list[_MessageRow],
                  bar: w.HBox, delete_button: w.Button, rewind_button: w.Button,
                  branch_button: w.Button, layout: w.Layout) -> None:
         super().__init__(children=(bar, *rows), layout=layout)
@@ -161,12 +164,13 @@ class _TurnView(w.VBox):
 
 
 def _turn_title(index: int, meta: TurnMeta) -> str:
+    """The turn's header as HTML: fixed markup, escaped data."""
     bits = [f"Turn {index + 1}"]
     if meta.cell_id:
         bits.append(f"cell {meta.cell_id[:8]}")
     if meta.edited:
         bits.append("edited")
-    return " · ".join(bits)
+    return f'<b style="{_MUTED}">{_esc(" · ".join(bits))}</b>'
 
 
 class HistoryPanel(w.VBox):
@@ -219,7 +223,8 @@ class HistoryPanel(w.VBox):
                      layout=w.Layout(width="100%", flex_flow="row wrap", align_items="center"))
 
         # -- summary -------------------------------------------------------
-        self.header = w.Label(layout=w.Layout(width="100%"))
+        self.header = w.HTML(layout=w.Layout(width="100%"))
+        self.header_text = ""
 
         # -- system prompt -------------------------------------------------
         self.system_text = w.Textarea(placeholder="System prompt (none)", continuous_update=False,
@@ -247,7 +252,8 @@ class HistoryPanel(w.VBox):
         actions = w.HBox([self.undo_button, self.reset_button, self.export_path, self.export_button,
                           self.copy_var, self.copy_button],
                          layout=w.Layout(width="100%", flex_flow="row wrap", align_items="center"))
-        self.status = w.Label(layout=w.Layout(width="100%"))
+        self.status = w.HTML(layout=w.Layout(width="100%"))
+        self.status_text = ""  # the status line as plain text
 
         # -- turns ---------------------------------------------------------
         self.earlier_button = w.Button(layout=w.Layout(width="auto", display="none"), icon="chevron-up")
@@ -417,7 +423,7 @@ class HistoryPanel(w.VBox):
     def _build_turn(self, index: int, turn: Turn) -> _TurnView:
         kit = self._kit
         self.turns_built += 1
-        title = w.Label(_turn_title(index, turn.meta), layout=kit.info, style=kit.turn_style)
+        title = w.HTML(_turn_title(index, turn.meta), layout=kit.info, style=kit.html_style)
         rewind = w.Button(description="Rewind to here", layout=kit.button, style=kit.button_style,
                           tooltip="Keep the turns up to and including this one (undoable)")
         branch = w.Button(description="Branch from here", layout=kit.button, style=kit.button_style,
@@ -453,18 +459,17 @@ class HistoryPanel(w.VBox):
         calls = msg.get("tool_calls") or []
         if calls:
             info_bits.append("calls " + ", ".join(_call_text(c) for c in calls))
-        role_label = w.Label(role_text, layout=kit.role,
-                             style=kit.role_styles.get(role, kit.role_styles["other"]))
-        info = w.Label(_one_line(" · ".join(info_bits), 240), layout=kit.info, style=kit.info_style)
-        bar_items: list[w.Widget] = [role_label, info]
-        status_label = None
-        if last and meta.status == "interrupted":
-            status_label = w.Label("⚠ interrupted", layout=kit.auto, style=kit.warn_style,
-                                   tooltip="The reply was stopped before it finished")
-            bar_items.append(status_label)
+        interrupted = last and meta.status == "interrupted"
+        color = _ROLE_COLOR.get(role, "inherit")
+        markup = (f'<b style="display:inline-block;min-width:84px;color:{color}">{_esc(_one_line(role_text, 60))}</b>'
+                  f'<span style="{_MUTED}">{_esc(_one_line(" · ".join(info_bits), 240))}</span>')
+        if interrupted:
+            markup += (f' <span style="{_WARN}" title="The reply was stopped before it finished">'
+                       "⚠ interrupted</span>")
+        info = w.HTML(markup, layout=kit.info, style=kit.html_style)
         save = w.Button(description="Save edit", layout=kit.button, style=kit.button_style,
                         tooltip="Store the edited text of this message (undoable)")
-        bar_items.append(save)
+        bar_items: list[w.Widget] = [info, save]
         content = msg.get("content")
         content = "" if content is None else str(content)
         text = w.Textarea(value=content, rows=_rows_for(content), continuous_update=False,
@@ -488,8 +493,9 @@ class HistoryPanel(w.VBox):
                     images.append(img)
                 thumbs.append(img)
             children.append(w.HBox(thumbs, layout=kit.thumbs))
-        row = _MessageRow(children, part=part, text=text, save_button=save, status_label=status_label,
-                          thinking=thinking, images=images, info=info, layout=kit.row)
+        row = _MessageRow(children, part=part, role=role, text=text, save_button=save,
+                          interrupted=interrupted, thinking=thinking, images=images, info=info,
+                          layout=kit.row)
         save.on_click(lambda _: self._guard(self._save_edit, row))
         return row
 
@@ -530,8 +536,9 @@ class HistoryPanel(w.VBox):
             if share >= 0.9:
                 context += " ⚠ near the limit: Ollama drops the oldest messages beyond it"
         text = f"{n:,} turn{'s' if n != 1 else ''} · {conv.generated_tokens:,} tokens generated · {context}"
-        if self.header.value != text:
-            self.header.value = text
+        if self.header_text != text:
+            self.header_text = text
+            self.header.value = _esc(text)
         depth = self.store.undo_depth(self._chat)
         self.undo_button.disabled = depth == 0
         self.undo_button.tooltip = f"Undo the last change to this chat ({depth} step{'s' if depth != 1 else ''} available)"
@@ -549,7 +556,10 @@ class HistoryPanel(w.VBox):
             self.earlier_button.layout.display = "none"
 
     def _say(self, text: str, *, error: bool = False) -> None:
-        self.status.value = _one_line(("⚠ " if error else "✓ ") + text)
+        self.status_text = _one_line(("⚠ " if error else "✓ ") + text)
+        style = "color:#b00020" if error else "color:#1a7f37"
+        self.status.value = f'<span style="{style}">{_esc(self.status_text)}</span>'
+
 
     # -- store events --------------------------------------------------------
     def _on_event(self, event: Event) -> None:
@@ -838,5 +848,6 @@ def _thumbnail(data: Any, kit: _Kit) -> w.Widget:
         raw = b""
     kind = image_kind(raw) if raw else None
     if kind is None:
-        return w.Label("(unreadable image)", layout=kit.auto, style=kit.info_style)
+        return w.HTML(f'<span style="{_MUTED}">(unreadable image)</span>', layout=kit.auto,
+                      style=kit.html_style)
     return w.Image(value=raw, format=kind.lower(), layout=kit.thumb)

@@ -1,0 +1,328 @@
+"""End to end in a real browser: JupyterLab + headless Chromium + the Ollama test server.
+
+One JupyterLab (private dirs, token, 127.0.0.1 only) and one browser page serve
+all tests of this module, in order:
+
+1. run-all: streamed replies appear and `%ollama history` renders a live panel;
+2. an edit typed into the panel is what the next cell sends to the model
+   (and docs/panel.png is taken of the panel after it);
+3. a hostile reply stays inert text in the output and in the panel.
+
+Skipped only when OLLAMA_MAGIC_SKIP_BROWSER=1; a browser that cannot start fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import nbformat
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from browser_util import (  # noqa: E402
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    JS_ACTIVATE_LAST_CELL,
+    JS_ALL_DONE,
+    JS_CELL_COUNT,
+    JS_CELL_OUTPUT_TEXT,
+    JS_HOSTILE_ELEMENTS,
+    JS_KERNEL_STATE,
+    JS_TAG_TEXTAREA,
+    LabServer,
+)
+
+from ollama_magic.testing import OllamaTestServer  # noqa: E402
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+SCREENSHOT = ROOT / "docs" / "panel.png"
+NOTEBOOK = "browser_test"
+CELLS = [
+    "%load_ext ollama_magic",
+    "%ollama model llama3.2",
+    "%%ollama\nHello from the browser",
+    "%%ollama\nSecond question",
+    "%ollama history",
+]
+HISTORY_CELL = 4
+REPLY_1 = "I saw 1 messages. You said: Hello from the browser"
+REPLY_2 = "I saw 3 messages. You said: Second question"
+EDITED = "Edited in the browser"
+HOSTILE = ('<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2"> '
+           "[x](javascript:window.__pwned=3) <iframe src=about:blank></iframe>"
+           "<style>body{display:none}</style>")
+WIDGET_TROUBLE = ("Loading widget", "Error displaying widget", "Model not found", "model not found")
+
+KERNEL_TIMEOUT = 90_000  # ms
+CELL_TIMEOUT = 60_000  # ms
+
+
+@dataclass
+class Session:
+    srv: OllamaTestServer
+    lab: LabServer
+    page: Any
+    root: Path
+    console: list[str] = field(default_factory=list)
+    dialogs: list[str] = field(default_factory=list)
+    blocked: list[str] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def diagnostics(self, name: str) -> Iterator[None]:
+        """On failure: print browser console errors, blocked requests, the Lab log
+        tail, and save a screenshot of the page."""
+        try:
+            yield
+        except BaseException:
+            shot = self.root / f"failure-{name}.png"
+            with contextlib.suppress(Exception):
+                self.page.screenshot(path=str(shot), full_page=True)
+            print(f"\n--- browser console ({len(self.console)} messages) ---", file=sys.stderr)
+            for line in self.console[-80:]:
+                print(line, file=sys.stderr)
+            print(f"--- dialogs: {self.dialogs}\n--- blocked requests: {self.blocked}", file=sys.stderr)
+            print(f"--- JupyterLab log tail ---\n{self.lab.log_tail()}", file=sys.stderr)
+            print(f"--- failure screenshot: {shot}", file=sys.stderr)
+            raise
+
+    # -- notebook driving --------------------------------------------------------
+    def wait_all_done(self, timeout: int = CELL_TIMEOUT) -> None:
+        self.page.wait_for_function(JS_ALL_DONE, timeout=timeout, polling=100)
+
+    def output_text(self, index: int) -> str:
+        return str(self.page.evaluate(JS_CELL_OUTPUT_TEXT, index))
+
+    def notebook_text(self) -> str:
+        return str(self.page.evaluate("() => document.querySelector('.jp-Notebook').innerText"))
+
+    def add_cell_and_run(self, source: str, expect: str) -> int:
+        """Insert a cell below the last one, type `source` into it as a user
+        would, run it, and wait until its output shows `expect`."""
+        page = self.page
+        before = int(page.evaluate(JS_ACTIVATE_LAST_CELL))
+        page.evaluate("window.jupyterapp.commands.execute('notebook:insert-cell-below')")
+        page.wait_for_function(f"() => ({JS_CELL_COUNT})() === {before + 1}", timeout=10_000)
+        index = before
+        editor = page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".cm-content")
+        editor.click()
+        lines = source.split("\n")
+        for i, line in enumerate(lines):
+            page.keyboard.type(line)
+            if i < len(lines) - 1:
+                page.keyboard.press("Enter")
+        typed = page.evaluate(
+            "(i) => window.jupyterapp.shell.currentWidget.content.widgets[i].model.sharedModel.getSource()",
+            index)
+        assert typed == source, f"the editor holds {typed!r}, not {source!r}"
+        page.evaluate("window.jupyterapp.commands.execute('notebook:run-cell')")
+        page.wait_for_function(
+            "([i, text]) => { const c = window.jupyterapp.shell.currentWidget.content.widgets[i];"
+            " const a = c && c.node.querySelector('.jp-OutputArea'); return !!a && a.innerText.includes(text); }",
+            arg=[index, expect], timeout=CELL_TIMEOUT, polling=100)
+        self.wait_all_done()
+        return index
+
+    def dismiss_news_prompt(self) -> None:
+        """Answer "No" to the "receive official Jupyter news?" toast if it shows."""
+        toast = self.page.locator(".jp-toast-message, .Toastify__toast").filter(has_text="news")
+        if toast.count():
+            no = toast.first.get_by_role("button", name="No")
+            if no.count():
+                no.first.click()
+
+    def panel(self) -> Any:
+        """The outermost widget view of the history cell's output."""
+        return self.page.locator(".jp-Notebook .jp-Cell").nth(HISTORY_CELL).locator(
+            ".jp-OutputArea-output .widget-vbox").first
+
+
+def _write_notebook(path: Path) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)",
+                                 "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in CELLS]
+    nbformat.write(nb, str(path))
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
+    if os.environ.get("OLLAMA_MAGIC_SKIP_BROWSER") == "1":
+        pytest.skip("OLLAMA_MAGIC_SKIP_BROWSER=1")
+    # Imported here so a missing Playwright fails the test rather than collection.
+    from playwright.sync_api import sync_playwright
+
+    started = time.monotonic()
+    root = tmp_path_factory.mktemp("browser")
+    srv = OllamaTestServer(token_delay=0.02).start()
+    lab = LabServer(root, extra_env={"OLLAMA_HOST": srv.host})
+    pw = browser = None
+    try:
+        _write_notebook(lab.notebook_dir / f"{NOTEBOOK}.ipynb")
+        lab.start()
+        print(f"\n[browser] JupyterLab up in {time.monotonic() - started:.1f} s on {lab.url}")
+        pw = sync_playwright().start()
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
+        context = browser.new_context(viewport={"width": 1280, "height": 1000})
+        page = context.new_page()
+        s = Session(srv=srv, lab=lab, page=page, root=root)
+
+        def on_console(msg: Any) -> None:
+            if msg.type in ("error", "warning"):
+                s.console.append(f"[{msg.type}] {msg.text}")
+
+        def on_dialog(dialog: Any) -> None:
+            s.dialogs.append(f"{dialog.type}: {dialog.message}")
+            dialog.dismiss()
+
+        def guard(route: Any) -> None:
+            # Strictly local: anything not for 127.0.0.1 is aborted and recorded.
+            url = route.request.url
+            host = urlsplit(url).hostname
+            if url.startswith(("data:", "blob:", "about:")) or host == "127.0.0.1":
+                route.continue_()
+            else:
+                s.blocked.append(url)
+                route.abort()
+
+        page.on("console", on_console)
+        page.on("pageerror", lambda exc: s.console.append(f"[pageerror] {exc}"))
+        page.on("dialog", on_dialog)
+        context.route("**/*", guard)
+        yield s
+    finally:
+        for step in (
+            lambda: browser.close() if browser is not None else None,
+            lambda: pw.stop() if pw is not None else None,
+            lab.stop,
+            srv.stop,
+        ):
+            with contextlib.suppress(Exception):
+                step()
+        print(f"\n[browser] module total {time.monotonic() - started:.1f} s")
+
+
+def test_run_all_streams_replies_and_renders_the_panel(session: Session) -> None:
+    page = session.page
+    with session.diagnostics("run-all"):
+        page.goto(f"{session.lab.url}/lab/tree/{NOTEBOOK}.ipynb?token={session.lab.token}",
+                  wait_until="domcontentloaded", timeout=60_000)
+        page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
+                               " && window.jupyterapp.shell.currentWidget.content", timeout=KERNEL_TIMEOUT)
+        page.wait_for_function(f"() => ({JS_KERNEL_STATE})() === 'idle/connected'",
+                               timeout=KERNEL_TIMEOUT, polling=200)
+        session.dismiss_news_prompt()
+        page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        session.wait_all_done()
+
+        # Streamed replies, each in its own cell.
+        assert REPLY_1 in session.output_text(2)
+        assert REPLY_2 in session.output_text(3)
+        page.get_by_text(REPLY_1).first.wait_for(state="visible")
+        assert len(session.srv.chat_requests()) == 2
+
+        # The panel: a real widget view with both turns in its text areas.
+        page.wait_for_function(
+            """() => { const vals = Array.from(document.querySelectorAll('.jp-OutputArea-output textarea'),
+                                               t => t.value);
+                       return vals.includes('Hello from the browser') && vals.includes('Second question')
+                              && !document.querySelector('.jp-Notebook').innerText.includes('Loading widget'); }""",
+            timeout=CELL_TIMEOUT, polling=100)
+        panel = session.panel()
+        panel.wait_for(state="visible")
+        panel_text = panel.inner_text()
+        assert "2 turns" in panel_text, panel_text
+        assert "Save edit" in panel_text
+        values = panel.evaluate("el => Array.from(el.querySelectorAll('textarea'), t => t.value)")
+        assert REPLY_1 in values and REPLY_2 in values, values
+        text = session.notebook_text()
+        for bad in WIDGET_TROUBLE:
+            assert bad not in text, f"{bad!r} is shown in the notebook"
+        assert not session.dialogs
+        assert not session.blocked, f"requests that would leave 127.0.0.1: {session.blocked}"
+
+
+def test_edit_in_panel_is_sent_with_the_next_cell(session: Session) -> None:
+    page = session.page
+    with session.diagnostics("edit"):
+        tagged = page.evaluate(JS_TAG_TEXTAREA, ["Hello from the browser", "first-user", "Save edit"])
+        assert tagged == "ok", tagged
+        textarea = page.locator("[data-test=first-user]")
+        textarea.scroll_into_view_if_needed()
+        textarea.click()
+        textarea.press("Control+a")
+        page.keyboard.type(EDITED)
+        assert textarea.input_value() == EDITED  # select-all replaced the whole text
+        page.locator("[data-test=first-user-button]").click()
+
+        panel = session.panel()
+        page.wait_for_function(
+            "(el) => el.innerText.includes('saved the edit of turn 1')", arg=panel.element_handle(),
+            timeout=CELL_TIMEOUT, polling=100)
+        assert "edited" in panel.inner_text()
+        values = panel.evaluate("el => Array.from(el.querySelectorAll('textarea'), t => t.value)")
+        assert EDITED in values and "Hello from the browser" not in values, values
+
+        session.add_cell_and_run("%%ollama\nThird", expect="You said: Third")
+        body = session.srv.last_chat()
+        assert body["messages"][0]["content"] == EDITED, body["messages"]
+        assert [m["content"] for m in body["messages"] if m["role"] == "user"] == [
+            EDITED, "Second question", "Third"]
+        assert "I saw 5 messages. You said: Third" in session.output_text(-1)
+        # The panel is live: the third turn arrived without re-running %ollama history.
+        page.wait_for_function("(el) => el.innerText.includes('3 turns')", arg=panel.element_handle(),
+                               timeout=CELL_TIMEOUT, polling=100)
+        _screenshot(session)
+
+
+def _screenshot(session: Session) -> None:
+    """docs/panel.png: the history cell and its panel, in a clean Lab window."""
+    page = session.page
+    page.evaluate("() => { window.jupyterapp.shell.collapseLeft(); window.jupyterapp.shell.collapseRight(); }")
+    session.dismiss_news_prompt()
+    # Deselect everything so no cell or text area carries a focus ring.
+    page.evaluate("() => { document.activeElement && document.activeElement.blur(); }")
+    history = page.locator(".jp-Notebook .jp-Cell").nth(HISTORY_CELL)
+    history.evaluate("el => el.scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(300)  # let the scroll and layout settle before the shot
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT))
+    print(f"[browser] screenshot: {SCREENSHOT}")
+
+
+def test_hostile_reply_stays_inert(session: Session) -> None:
+    page = session.page
+    with session.diagnostics("hostile"):
+        assert page.evaluate("() => document.querySelectorAll('.jp-OutputArea').length") > 0
+        before = page.evaluate(JS_HOSTILE_ELEMENTS)
+        assert before == [], before
+        session.srv.reply = HOSTILE
+        try:
+            index = session.add_cell_and_run("%%ollama\nSay something nasty", expect="pwned")
+        finally:
+            session.srv.reply = None
+        page.wait_for_timeout(500)  # give any injected handler (img onerror) time to fire
+
+        assert session.dialogs == [], session.dialogs
+        assert page.evaluate("() => typeof window.__pwned") == "undefined"
+        assert page.evaluate(JS_HOSTILE_ELEMENTS) == []
+        assert page.evaluate("() => getComputedStyle(document.body).display") != "none"
+        out = page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-OutputArea-output").first
+        shown = out.get_by_text("<script>window.__pwned=1</script>", exact=False)
+        shown.first.wait_for(state="visible")
+        assert "<iframe src=about:blank></iframe>" in out.inner_text()
+        # The live panel holds the hostile reply as plain text-area text, too.
+        values = session.panel().evaluate("el => Array.from(el.querySelectorAll('textarea'), t => t.value)")
+        assert HOSTILE in values, values
+        assert not session.blocked, f"requests that would leave 127.0.0.1: {session.blocked}"
