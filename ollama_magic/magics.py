@@ -67,6 +67,23 @@ def _first_code_block(text: str) -> str | None:
     return m.group(2).rstrip("\n") if m else None
 
 
+class _Hidden(dict):  # type: ignore[type-arg]
+    """Headers whose values never show: `%config OllamaMagics` prints reprs."""
+
+    def __repr__(self) -> str:
+        return "{" + ", ".join(f"{k!r}: '***'" for k in self) + "}"
+
+    __str__ = __repr__
+
+
+class SecretDict(Dict):  # type: ignore[type-arg]
+    """A Dict trait whose values are kept out of every repr."""
+
+    def validate(self, obj: Any, value: Any) -> Any:
+        value = super().validate(obj, value)
+        return value if isinstance(value, _Hidden) else _Hidden(value)
+
+
 @magics_class
 class OllamaMagics(Magics):
     """Chat with an Ollama model from notebook cells; each cell continues the conversation."""
@@ -75,7 +92,7 @@ class OllamaMagics(Magics):
     model = Unicode(None, allow_none=True, help="Model for chats that have none of their own; default: $OLLAMA_MODEL.").tag(config=True)
     timeout = Float(300.0, help="Seconds to wait for the server to send something (connect, or the next chunk).").tag(config=True)
     options = Dict(help="Ollama options for every request (a chat's own options and -o override them).").tag(config=True)
-    headers = Dict(help="Extra HTTP headers for the server (e.g. auth for a remote Ollama); never shown.").tag(config=True)
+    headers = SecretDict(help="Extra HTTP headers for the server (e.g. auth for a remote Ollama); never shown.").tag(config=True)
     rerun = Enum(["rewind", "append"], "rewind", help="Re-running a cell replaces its turn (rewind) or adds a new one (append).").tag(config=True)
     default_num_ctx = Int(4096, help="Context window assumed when neither the options nor the server say.").tag(config=True)
     max_tool_rounds = Int(5, help="Tool-call rounds per cell before giving up.").tag(config=True)
