@@ -62,8 +62,12 @@ DISPLAY_TOKENS = 1000
 HISTORY_SIZES = (10, 100, 1000)
 FIXED_HISTORY = 2  # earlier turns in the chat for rows 2-3 (jupyter-ai keeps 2 exchanges)
 PANEL_TURNS = 1000
+PANEL_REPLY_WORDS = 300  # ~2,000-character answers: what the panel's text areas hold
 QUESTION = "Explain Python decorators in two sentences."
-REPLY_MARK = "I saw "  # every test-server prose reply starts so
+# Every test-server prose reply starts "I saw N messages": its first token is "I".
+# Our streaming Markdown is "I ▌"; the placeholder "*…*" and reprs like
+# "<IPython.core.display.Markdown object>" do not match.
+FIRST_TOKEN = re.compile(r"(?:^|\s)I(?:\s|▌|$)")
 
 TARGETS = {
     "load_ratio": 1.15,
@@ -106,7 +110,7 @@ def _fmt(value: float | None, unit: str) -> str:
     if unit == "x":
         return f"{value:.2f}×"
     if unit == "n":
-        return f"{value:g}"
+        return f"{value:.3g}"
     return f"{value:.3g} {unit}"
 
 
@@ -135,15 +139,29 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
+        "loadavg_at_start": _loadavg(),
     }
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def child_env(host: str, ipython_dir: str) -> dict[str, str]:
     env = dict(os.environ)
     env["OLLAMA_HOST"] = host
     env["IPYTHONDIR"] = ipython_dir  # no user profile or config in the measurements
-    for key in ("OLLAMA_MODEL", "OLLAMA_API_KEY", "PYTHONPROFILEIMPORTTIME", "PYTHONDEVMODE"):
+    for key in ("OLLAMA_MODEL", "OLLAMA_API_KEY", "PYTHONPROFILEIMPORTTIME", "PYTHONDEVMODE",
+                "PYTHONDONTWRITEBYTECODE"):
         env.pop(key, None)
+    # Measure imports as a user has them, from bytecode: with PYTHONDONTWRITEBYTECODE
+    # set (as on some CI machines) an editable install recompiles its sources on every
+    # start while site-packages have .pyc files, which is unfair to the extension.
+    # The bytecode goes to a temporary tree, not into the work tree.
+    env["PYTHONPYCACHEPREFIX"] = os.path.join(ipython_dir, "pycache")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     return env
 
@@ -259,10 +277,11 @@ def _recorder_class() -> Any:
             self.updates = 0
             self.first_text: float | None = None
             self.last_update: float | None = None
+            self.update_times: list[float] = []
 
         def seen(self, data: Any) -> None:
             if self.first_text is None and isinstance(data, dict):
-                if any(REPLY_MARK in str(data.get(k, "")) for k in ("text/plain", "text/markdown")):
+                if any(FIRST_TOKEN.search(str(data.get(k, ""))) for k in ("text/markdown", "text/plain")):
                     self.first_text = time.perf_counter()
 
         def publish(self, data: Any, metadata: Any = None, source: Any = None, *, transient: Any = None,
@@ -271,6 +290,7 @@ def _recorder_class() -> Any:
             if update:
                 self.updates += 1
                 self.last_update = now
+                self.update_times.append(now)
             else:
                 self.displays += 1
             self.seen(data)
@@ -348,10 +368,11 @@ def _cell(shell: Any, rec: Any, source: str, cell_id: str | None = None) -> tupl
     return t1 - t0, c1 - c0, (rec.first_text - t0) if rec.first_text is not None else None
 
 
-def _prefill(store: Any, n: int) -> None:
+def _prefill(store: Any, n: int, reply_words: int = 50) -> None:
+    """n stored turns: a one-line question and a `reply_words`-word answer each."""
     from ollama_magic.store import Turn, TurnMeta
 
-    words = " ".join(f"word{j}" for j in range(50))
+    words = " ".join(f"word{j}" for j in range(reply_words))
     for i in range(n):
         user = {"role": "user", "content": f"Question {i}: tell me about item {i}, briefly please."}
         reply = {"role": "assistant", "content": f"Item {i}: {words}."}
@@ -429,7 +450,11 @@ def child_ours(p: dict[str, Any]) -> dict[str, Any]:
             seconds = (rec.last_update or 0) - (rec.first_text or 0)
             counts.append(rec.updates)
             stream_s.append(seconds)
-            rates.append(rec.updates / seconds if seconds > 0 else float("inf"))
+            # Streaming updates: all but the final one (which replaces the stream with
+            # the finished Markdown). Their rate: intervals between the first and last.
+            times = [t for t in rec.update_times[:-1] if rec.first_text is not None and t >= rec.first_text]
+            span = times[-1] - times[0] if len(times) > 1 else 0.0
+            rates.append((len(times) - 1) / span if span > 0 else 0.0)
     finally:
         os.environ["OLLAMA_HOST"] = p["host"]
     rate = magics.display_rate
@@ -449,7 +474,7 @@ def child_ours(p: dict[str, Any]) -> dict[str, Any]:
         messages = _capture_chat(lambda: _cell(shell, rec, cell, f"h-{next(counter)}"))
         fixed(n)
         _raw_turn(client, messages)
-        cell_cpu, cell_w, raw_cpu, raw_w, build = [], [], [], [], []
+        cell_cpu, cell_w, raw_cpu, raw_w, build, own = [], [], [], [], [], []
         for i in range(p["history_reps"]):
             for kind in (("cell", "raw") if i % 2 == 0 else ("raw", "cell")):
                 if kind == "cell":
@@ -464,15 +489,16 @@ def child_ours(p: dict[str, Any]) -> dict[str, Any]:
             t0 = time.thread_time()
             store.active.history(n)
             build.append(time.thread_time() - t0)
+            own.append(cell_cpu[-1] - raw_cpu[-1] - build[-1])  # paired: robust to drift
         row = {
             "turns": n, "messages_sent": len(messages),
             "cell_cpu_s": summary(cell_cpu), "raw_cpu_s": summary(raw_cpu),
             "cell_wall_s": summary(cell_w), "raw_wall_s": summary(raw_w),
-            "history_build_s": summary(build),
+            "history_build_s": summary(build), "own_overhead_s": summary(own),
         }
-        c, r, b = (statistics.median(x) for x in (cell_cpu, raw_cpu, build))
+        c, r = (statistics.median(x) for x in (cell_cpu, raw_cpu))
         row["extra_cpu_ms"] = 1000 * (c - r)
-        row["own_overhead_ms"] = 1000 * (c - r - b)
+        row["own_overhead_ms"] = 1000 * statistics.median(own)
         row["extra_wall_ms"] = 1000 * (statistics.median(cell_w) - statistics.median(raw_w))
         if p.get("profile") and n == max(p["history_sizes"]):
             row["profile"] = _profile_cell(shell, rec, cell, f"h-prof-{next(counter)}")
@@ -520,7 +546,7 @@ def child_panel(p: dict[str, Any]) -> dict[str, Any]:
     try:
         for rep in range(p["reps"] + 1):
             store = ConversationStore(model=MODEL)
-            _prefill(store, p["turns"])
+            _prefill(store, p["turns"], reply_words=p["reply_words"])
             t0 = time.perf_counter()
             panel = HistoryPanel(store)
             elapsed = time.perf_counter() - t0
@@ -549,7 +575,8 @@ def child_panel(p: dict[str, Any]) -> dict[str, Any]:
         return {"available": False, "reason": f"HistoryPanel failed: {type(exc).__name__}: {exc}",
                 "traceback": tb[-6:]}
     return {"available": True, "turns": p["turns"], "import_s": import_s, "build_s": summary(build),
-            "append_s": summary(append), "append_without_panel_s": summary(plain)}
+            "append_s": summary(append), "append_without_panel_s": summary(plain),
+            "reply_chars": len(store.active.turns[0].reply["content"])}
 
 
 # -- child: a peer magic (run with the peer's interpreter) ---------------------------------
@@ -676,7 +703,7 @@ def markdown(res: dict[str, Any]) -> str:
     if ds.get("updates", {}).get("median") is not None:
         row("4", f"display traffic: `update_display` per {ds['tokens']}-token reply",
             f"{fmt_stat(ds['updates'], 'n')} updates over {fmt_stat(ds['stream_s'], 's')}",
-            f"{ds['tokens']} chunks", f"{fmt_stat(ds['updates_per_s'], 'n')}/s (incl. first and final)",
+            f"{ds['tokens']} chunks", f"{fmt_stat(ds['updates_per_s'], 'n')} updates/s while streaming",
             f"≤ ~{TARGETS['display_rate_per_s']:g}/s (≤ {ds['bound']}), never per token", _met(ds.get("met")))
     hs = res.get("history", {})
     for n in HISTORY_SIZES:
@@ -687,7 +714,7 @@ def markdown(res: dict[str, Any]) -> str:
         row(f"5", f"history: {n} earlier turns ({h['messages_sent']} messages sent), Python CPU per turn",
             f"{fmt_stat(h['cell_cpu_s'], 'ms', 1000)}",
             f"raw client, same request: {fmt_stat(h['raw_cpu_s'], 'ms', 1000)}; history build {fmt_stat(h['history_build_s'], 'ms', 1000)}",
-            f"own overhead {h['own_overhead_ms']:.2f} ms (wall {h['extra_wall_ms']:+.1f} ms)", target,
+            f"own overhead {fmt_stat(h['own_overhead_s'], 'ms', 1000)}", target,
             _met(hs.get("met")) if n == max(HISTORY_SIZES) else "–")
     pn = res.get("panel", {})
     if pn.get("available"):
@@ -803,7 +830,8 @@ def main(argv: list[str] | None = None) -> int:
             log("6. history panel")
             try:
                 res["panel"] = run_child(py, "panel", {"reps": 1 if args.quick else 5, "turns": PANEL_TURNS,
-                                                       "appends": 5 if args.quick else 20}, env, timeout=600)
+                                                       "appends": 5 if args.quick else 20,
+                                                       "reply_words": PANEL_REPLY_WORDS}, env, timeout=600)
             except Exception as exc:
                 res["panel"] = {"available": False, "reason": str(exc).splitlines()[-1]}
 
@@ -816,6 +844,7 @@ def main(argv: list[str] | None = None) -> int:
                 s.stop()
 
     res["elapsed_s"] = time.perf_counter() - started
+    res["machine"]["loadavg_at_end"] = _loadavg()
     table = markdown(res)
     notes = notes_text(res)
     print(table)

@@ -39,6 +39,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class Fatal(RuntimeError):
+    """A condition that can never become true: stop waiting at once."""
+
+
 def wait_until(condition: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
     """Poll `condition()` until it returns something truthy; fail after `timeout` s."""
     deadline = time.monotonic() + timeout
@@ -46,6 +50,8 @@ def wait_until(condition: Any, timeout: float, what: str, interval: float = 0.1)
     while time.monotonic() < deadline:
         try:
             value = condition()
+        except Fatal:
+            raise
         except Exception as exc:  # keep polling; report the last error on timeout
             last_exc = exc
             value = None
@@ -62,6 +68,7 @@ class LabServer:
     def __init__(self, root: Path, *, extra_env: dict[str, str] | None = None) -> None:
         self.root = root
         self.notebook_dir = root / "notebooks"
+        self.notebook_dir.mkdir(parents=True, exist_ok=True)
         self.token = secrets.token_hex(16)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -118,6 +125,8 @@ class LabServer:
             "--LabApp.extension_manager=readonly",  # no PyPI queries
             "--ServerApp.open_browser=False",
         ]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            cmd.append("--allow-root")  # containers and CI often run as root
         log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self._log = log
         self.proc = subprocess.Popen(cmd, env=self._environment(), cwd=self.notebook_dir,
@@ -132,7 +141,7 @@ class LabServer:
     def _ready(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise RuntimeError(f"JupyterLab exited with {self.proc.returncode}:\n{self.log_tail()}")
+            raise Fatal(f"JupyterLab exited with {self.proc.returncode}:\n{self.log_tail()}")
         req = urllib.request.Request(f"{self.url}/api/status",
                                      headers={"Authorization": f"token {self.token}"})
         try:

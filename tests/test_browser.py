@@ -168,6 +168,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
     srv = OllamaTestServer(token_delay=0.02).start()
     lab = LabServer(root, extra_env={"OLLAMA_HOST": srv.host})
     pw = browser = None
+    s: Session | None = None
     try:
         _write_notebook(lab.notebook_dir / f"{NOTEBOOK}.ipynb")
         lab.start()
@@ -210,6 +211,10 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
         ):
             with contextlib.suppress(Exception):
                 step()
+        if s is not None and s.console:
+            print(f"\n[browser] console errors/warnings ({len(s.console)}):")
+            for line in s.console[-40:]:
+                print("   ", line[:300])
         print(f"\n[browser] module total {time.monotonic() - started:.1f} s")
 
 
@@ -291,8 +296,10 @@ def _screenshot(session: Session) -> None:
     page = session.page
     page.evaluate("() => { window.jupyterapp.shell.collapseLeft(); window.jupyterapp.shell.collapseRight(); }")
     session.dismiss_news_prompt()
-    # Deselect everything so no cell or text area carries a focus ring.
-    page.evaluate("() => { document.activeElement && document.activeElement.blur(); }")
+    # Mark the history cell as the active one; no text area keeps a focus ring.
+    page.evaluate(f"() => {{ const nb = window.jupyterapp.shell.currentWidget.content;"
+                  f" nb.activeCellIndex = {HISTORY_CELL}; nb.mode = 'command';"
+                  f" document.activeElement && document.activeElement.blur(); }}")
     history = page.locator(".jp-Notebook .jp-Cell").nth(HISTORY_CELL)
     history.evaluate("el => el.scrollIntoView({block: 'start'})")
     page.wait_for_timeout(300)  # let the scroll and layout settle before the shot
@@ -325,4 +332,7 @@ def test_hostile_reply_stays_inert(session: Session) -> None:
         # The live panel holds the hostile reply as plain text-area text, too.
         values = session.panel().evaluate("el => Array.from(el.querySelectorAll('textarea'), t => t.value)")
         assert HOSTILE in values, values
+        out.scroll_into_view_if_needed()
+        page.screenshot(path=str(session.root / "hostile.png"))
+        print(f"[browser] hostile reply screenshot: {session.root / 'hostile.png'}")
         assert not session.blocked, f"requests that would leave 127.0.0.1: {session.blocked}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import subprocess
+from html.parser import HTMLParser
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -474,25 +475,64 @@ def test_rows_removed_by_events_are_closed(panels):
     assert len(_instances) == widgets
 
 
+class _TagCollector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, list[tuple[str, str | None]]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, attrs))
+
+
+def assert_inert_html(value: str) -> None:
+    """Only our own markup: span/b tags with style/title attributes, nothing else."""
+    for bad in ("<script", "<img", "<iframe", "<svg", "javascript:"):
+        assert bad not in value.lower(), value
+    parser = _TagCollector()
+    parser.feed(value)
+    for tag, attrs in parser.tags:
+        assert tag in {"b", "span"}, value
+        for name, attr_value in attrs:
+            assert name in {"style", "title"}, value
+            assert "<" not in (attr_value or "") and "alert" not in (attr_value or ""), value
+
+
 def test_hostile_content_is_plain_text_only(panels):
     store = ConversationStore(model="<b>m</b>")
+    call = {"function": {"name": HOSTILE[0], "arguments": {"x": HOSTILE[1]}}}
     for i, bad in enumerate(HOSTILE):
-        store.commit(make_turn(i, question=bad, answer=f"reply {bad}", cell=bad, model=bad, thinking=bad))
+        store.commit(make_turn(i, question=bad, answer=f"reply {bad}", cell=bad, model=bad, thinking=bad,
+                               status="interrupted"))
+    store.commit(Turn((
+        {"role": "user", "content": HOSTILE[0], "images": [HOSTILE[1]]},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": HOSTILE[1], "tool_name": HOSTILE[1]},
+        {"role": "assistant", "content": "$\\href{javascript:alert(1)}{x}$"},
+    ), TurnMeta(model=HOSTILE[0], cell_id="c" + HOSTILE[1])))
     store.set_system(HOSTILE[0])
-    store.create(HOSTILE[1].replace(" ", "_"), switch=False)
+    store.set_options({"num_ctx": HOSTILE[0]})
+    store.create("<script>", switch=False)
     panel = open_panel(panels, store, list_models=lambda: [HOSTILE[0]], default_model=lambda: HOSTILE[1])
     panel.export_path.value = "/nonexistent-dir/<script>alert(1)</script>.md"
     panel.export_button.click()
-    assert texts(panel) == [HOSTILE[0], f"reply {HOSTILE[0]}", HOSTILE[1], f"reply {HOSTILE[1]}"]
-    seen = 0
+    assert "<script>alert(1)</script>" in panel.status_text  # the error names the path, as text
+    assert texts(panel)[:4] == [HOSTILE[0], f"reply {HOSTILE[0]}", HOSTILE[1], f"reply {HOSTILE[1]}"]
+    html_widgets = 0
+    shown_as_text = 0
     for x in walk(panel):
-        if isinstance(x, (w.HTML, w.HTMLMath)):
-            for bad in HOSTILE + ["<script", "<img", "onerror"]:
-                assert bad not in x.value
-                assert bad not in (x.description or "")
-        if isinstance(x, w.Textarea) and "<script>" in x.value:
-            seen += 1
-    assert seen >= 3  # shown, as text
+        assert not isinstance(x, w.HTMLMath)
+        if isinstance(x, w.HTML):
+            html_widgets += 1
+            assert_inert_html(x.value)
+            assert_inert_html(x.description or "")
+        if isinstance(x, w.Label):  # Labels are MathJax-typeset: no data may reach one
+            raise AssertionError(f"unexpected Label {x.value!r}")
+        if isinstance(x, w.Textarea) and ("<script>" in x.value or "<img" in x.value):
+            shown_as_text += 1
+    assert html_widgets > 10
+    assert shown_as_text >= 6  # questions, replies, thinking, tool output, system prompt
+    escaped = [x.value for x in walk(panel) if isinstance(x, w.HTML) and "&lt;script&gt;" in x.value]
+    assert escaped  # the model name / cell id / tool name are shown, escaped
 
 
 # -- files and namespace ------------------------------------------------------------
