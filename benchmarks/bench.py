@@ -33,6 +33,13 @@ What is measured and how (see also the notes printed under the table):
 7. Peer: rows 1-3 for another magic (jupyter-ai's `%%ai ollama:NAME`) measured
    with its own interpreter (`--peer-python`).
 
+Fairness: every measured run starts after `gc.collect()` (GC stays on);
+measured runs alternate (A, B, B, A, ...) after warm-ups; child processes get a
+fresh IPYTHONDIR (no user profile) and write bytecode to a temporary
+PYTHONPYCACHEPREFIX, so with PYTHONDONTWRITEBYTECODE set the editable
+ollama_magic is not recompiled on every start while site-packages load from
+.pyc files.
+
 This file imports only the standard library at module level so that the peer's
 interpreter can run its child mode without ollama_magic's dependencies.
 """
@@ -40,6 +47,7 @@ interpreter can run its child mode without ollama_magic's dependencies.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -86,9 +94,11 @@ BASE_CODE = (
 )
 LOAD_CODE = BASE_CODE + "ip.run_line_magic('load_ext', {ext!r})\n"
 MODULES_CODE = (
-    "import sys\n" + BASE_CODE + "before = set(sys.modules)\n"
+    "import sys, time\n" + BASE_CODE + "before = set(sys.modules)\n"
+    "t0 = time.perf_counter()\n"
     "ip.run_line_magic('load_ext', {ext!r})\n"
-    "import json; print(json.dumps(sorted(set(sys.modules) - before)))\n"
+    "took = time.perf_counter() - t0\n"
+    "import json; print(json.dumps([took, sorted(set(sys.modules) - before)]))\n"
 )
 
 
@@ -232,10 +242,16 @@ def measure_load(python: str, ext: str, reps: int, env: dict[str, str]) -> dict[
             times[kind].append(once(kind))
     out: dict[str, Any] = {"load_s": summary(times["load"]), "base_s": summary(times["base"])}
     out["ratio"] = out["load_s"]["median"] / out["base_s"]["median"]
+    out["ratio_of_minima"] = out["load_s"]["min"] / out["base_s"]["min"]  # less sensitive to a busy machine
     out["added_s"] = out["load_s"]["median"] - out["base_s"]["median"]
-    proc = subprocess.run([python, "-c", MODULES_CODE.format(ext=ext)], env=env, capture_output=True,
-                          text=True, timeout=120)
-    added = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else []
+    inproc, added = [], []
+    for _ in range(3):  # not timed from outside: what load_ext itself takes, and what it imports
+        proc = subprocess.run([python, "-c", MODULES_CODE.format(ext=ext)], env=env, capture_output=True,
+                              text=True, timeout=120)
+        if proc.returncode == 0:
+            took, added = json.loads(proc.stdout.strip().splitlines()[-1])
+            inproc.append(took)
+    out["load_ext_inprocess_s"] = summary(inproc)
     out["modules_added"] = len(added)
     out["packages_added"] = sorted({m.split(".")[0] for m in added})
     out["ipywidgets_imported"] = any(m == "ipywidgets" or m.startswith("ipywidgets.") for m in added)
@@ -254,6 +270,7 @@ def import_profile(python: str, ext: str, env: dict[str, str], top: int = 12) ->
                 rows[m.group(4)] = (int(m.group(1)), int(m.group(2)))
         return rows
 
+    parse(LOAD_CODE.format(ext=ext))  # warm-up: bytecode written, files cached
     base = parse(BASE_CODE)
     load = parse(LOAD_CODE.format(ext=ext))
     extra = [(name, self_us, cum_us) for name, (self_us, cum_us) in load.items() if name not in base]
@@ -343,6 +360,7 @@ def _raw_turn(client: Any, messages: list[dict[str, Any]]) -> tuple[float, float
     """The raw client loop: (wall s, main-thread CPU s, time to first content chunk s, text)."""
     parts = []
     first = None
+    gc.collect()  # start every measured run from the same heap state (GC stays on)
     c0 = time.thread_time()
     t0 = time.perf_counter()
     for chunk in client.chat(model=MODEL, messages=messages, stream=True):
@@ -357,6 +375,7 @@ def _raw_turn(client: Any, messages: list[dict[str, Any]]) -> tuple[float, float
 def _cell(shell: Any, rec: Any, source: str, cell_id: str | None = None) -> tuple[float, float, float | None]:
     """Run a cell: (wall s, main-thread CPU s, time to first reply text s)."""
     rec.reset()
+    gc.collect()  # start every measured run from the same heap state (GC stays on)
     c0 = time.thread_time()
     t0 = time.perf_counter()
     result = shell.run_cell(source, cell_id=cell_id)
@@ -390,7 +409,7 @@ def child_ours(p: dict[str, Any]) -> dict[str, Any]:
     shell.run_line_magic("ollama", f"model {MODEL}")
     magics = shell.magics_manager.registry["OllamaMagics"]
     store = magics.store
-    if not magics._is_rich():
+    if not getattr(magics, "_is_rich", lambda: True)():
         raise RuntimeError("the magic did not choose the notebook display path")
     client = ollama.Client(host=os.environ["OLLAMA_HOST"])
     cell = f"%%ollama\n{QUESTION}"
@@ -618,7 +637,6 @@ def child_peer(p: dict[str, Any]) -> dict[str, Any]:
 PEERS = {
     # name: (distribution, extension, cell template)
     "jupyter-ai": ("jupyter-ai-magics", "jupyter_ai_magics", "%%ai ollama:{model}\n{question}"),
-    "ipython-ollama": ("ipython-ollama", "ipython_ollama", "%%ollama\n{question}"),
 }
 
 
@@ -674,7 +692,8 @@ def markdown(res: dict[str, Any]) -> str:
         pl = peer.get("load", {})
         row("1", "load: `python -c` + shell + `%load_ext`", fmt_stat(ld["load_s"], "s"),
             f"bare `import ollama, IPython` + shell: {fmt_stat(ld['base_s'], 's')}",
-            f"{ld['ratio']:.2f}× (+{ld['added_s'] * 1000:.0f} ms); ipywidgets imported: {'yes' if ld['ipywidgets_imported'] else 'no'}",
+            f"{ld['ratio']:.2f}× (min/min {ld['ratio_of_minima']:.2f}×; +{ld['added_s'] * 1000:.0f} ms; `%load_ext` itself "
+            f"{fmt_stat(ld.get('load_ext_inprocess_s'), 'ms', 1000)}); ipywidgets imported: {'yes' if ld['ipywidgets_imported'] else 'no'}",
             f"≤ {TARGETS['load_ratio']}×, no ipywidgets", _met(ld.get("met")),
             peer_cell=f"{pl['ratio']:.2f}× ({fmt_stat(pl['load_s'], 's')})" if pl.get("ratio") else "")
     elif ld.get("error"):
@@ -711,7 +730,7 @@ def markdown(res: dict[str, Any]) -> str:
         if not h:
             continue
         target = f"≤ {TARGETS['history_own_overhead_ms_at_1000']:g} ms own" if n == max(HISTORY_SIZES) else "flat"
-        row(f"5", f"history: {n} earlier turns ({h['messages_sent']} messages sent), Python CPU per turn",
+        row("5", f"history: {n} earlier turns ({h['messages_sent']} messages sent), Python CPU per turn",
             f"{fmt_stat(h['cell_cpu_s'], 'ms', 1000)}",
             f"raw client, same request: {fmt_stat(h['raw_cpu_s'], 'ms', 1000)}; history build {fmt_stat(h['history_build_s'], 'ms', 1000)}",
             f"own overhead {fmt_stat(h['own_overhead_s'], 'ms', 1000)}", target,
@@ -733,13 +752,20 @@ def markdown(res: dict[str, Any]) -> str:
         f"Machine: {m['nproc']} CPUs, {m['cpu']}, Python {m['python']} ({m['platform']}); "
         f"IPython {res['versions'].get('ipython')}, ollama {res['versions'].get('ollama')}. "
         f"Test server in its own process on 127.0.0.1: {cfg['token_delay'] * 1000:g} ms/token, "
-        f"{cfg['reply_tokens']}-token replies. Figures: median (min–max) of {cfg['reps']} runs"
-        f"{' (quick mode)' if cfg['quick'] else ''}."
+        f"{cfg['reply_tokens']}-token replies. Figures: median (min–max) of {cfg['reps']} runs for rows 1–3"
+        f" and 7, {cfg['display_reps']} replies for row 4, {cfg['history_reps']} runs per size for row 5, "
+        f"{cfg['panel_reps']} builds ({cfg['panel_appends']} appends each) for row 6"
+        f"{' (quick mode)' if cfg['quick'] else ''}. Load average at start/end: "
+        f"{_la(m.get('loadavg_at_start'))} / {_la(m.get('loadavg_at_end'))}."
     )
     if not peer.get("available"):
         lines.append("")
         lines.append(f"Peer rows: {peer.get('reason', 'skipped')}.")
     return "\n".join(lines)
+
+
+def _la(values: list[float] | None) -> str:
+    return " ".join(f"{v:.2f}" for v in values) if values else "?"
 
 
 def notes_text(res: dict[str, Any]) -> str:
@@ -751,8 +777,21 @@ def notes_text(res: dict[str, Any]) -> str:
         "magic sent. Cell = `shell.run_cell` wall time, so IPython's own cell cost "
         f"(empty cell: {fmt_stat(res.get('turn', {}).get('empty_cell_s'), 'ms', 1000)}) is counted against the magic.",
         "- History: CPU = `time.thread_time()` of the main thread (everything but waiting on the socket); own overhead = "
-        "cell CPU − raw-client CPU for the identical request − building the history from the store.",
+        "cell CPU − raw-client CPU for the identical request − building the history from the store, per run "
+        "(paired), so the wait for the server and the client's own encoding of the request cancel out.",
+        "- Display traffic: `update_display` messages the recording DisplayPublisher received (in a kernel each is one "
+        "iopub message); the rate counts intervals between streaming updates, the final Markdown excluded.",
+        f"- Panel: `HistoryPanel(store)` over {PANEL_TURNS} stored turns (~{res.get('panel', {}).get('reply_chars', '?')}"
+        "-character replies) outside a kernel, so ipywidgets talks to no frontend; append = `store.commit(Turn(...))` "
+        "with that panel open (it re-renders through its store listener).",
     ]
+    peer = res.get("peer") or {}
+    if peer.get("available"):
+        out.append(
+            f"- Peer: {peer['name']} {peer.get('version')} measured with {peer.get('python')} in its own process; "
+            f"load uses `%load_ext {PEERS[peer['name']][1]}`; its turn sends "
+            f"{peer.get('turn', {}).get('messages_sent', '?')} messages (its own window of earlier exchanges), and "
+            "the raw loop sends the same list.")
     diag = res.get("diagnostics") or {}
     for name, text in diag.items():
         out.append(f"- Diagnostic ({name}):")
@@ -793,6 +832,8 @@ def main(argv: list[str] | None = None) -> int:
         "config": {"quick": args.quick, "reps": reps, "token_delay": TOKEN_DELAY, "reply_tokens": REPLY_TOKENS,
                    "display_tokens": DISPLAY_TOKENS, "history_sizes": list(HISTORY_SIZES),
                    "fixed_history_turns": FIXED_HISTORY, "panel_turns": PANEL_TURNS, "model": MODEL,
+                   "display_reps": 1 if args.quick else 3, "history_reps": max(2, reps if not args.quick else 2),
+                   "panel_reps": 1 if args.quick else 5, "panel_appends": 5 if args.quick else 20,
                    "python_executable": py},
         "targets": TARGETS,
         "versions": {},
@@ -820,8 +861,8 @@ def main(argv: list[str] | None = None) -> int:
 
             log("2-5. turn, first token, display traffic, history scale")
             params = {"reps": reps, "host": host, "host_long": host_long,
-                      "display_reps": 1 if args.quick else 3, "history_sizes": list(HISTORY_SIZES),
-                      "history_reps": max(2, reps if not args.quick else 2), "profile": profile}
+                      "display_reps": res["config"]["display_reps"], "history_sizes": list(HISTORY_SIZES),
+                      "history_reps": res["config"]["history_reps"], "profile": profile}
             try:
                 res.update(run_child(py, "ours", params, env, timeout=900))
             except Exception as exc:
@@ -829,8 +870,8 @@ def main(argv: list[str] | None = None) -> int:
 
             log("6. history panel")
             try:
-                res["panel"] = run_child(py, "panel", {"reps": 1 if args.quick else 5, "turns": PANEL_TURNS,
-                                                       "appends": 5 if args.quick else 20,
+                res["panel"] = run_child(py, "panel", {"reps": res["config"]["panel_reps"], "turns": PANEL_TURNS,
+                                                       "appends": res["config"]["panel_appends"],
                                                        "reply_words": PANEL_REPLY_WORDS}, env, timeout=600)
             except Exception as exc:
                 res["panel"] = {"available": False, "reason": str(exc).splitlines()[-1]}

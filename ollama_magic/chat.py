@@ -138,6 +138,8 @@ def send(client: ollama.Client, req: ChatRequest, reply: Reply,
     }
     if not req.stream:
         reply._take(client.chat(stream=False, **kwargs))
+        if not reply.done:  # a cut-short answer must not pass for a whole one
+            raise IncompleteReply("Ollama's answer was not marked done")
         if on_update:
             on_update(reply)
         return reply

@@ -37,6 +37,7 @@ DEFAULT_HOST = "http://127.0.0.1:11434"
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _CODE_BLOCK = re.compile(r"^ {0,3}(`{3,}|~{3,})[^\n]*\n(.*?)^ {0,3}\1[ \t]*$", re.DOTALL | re.MULTILINE)
 _ERROR_CHARS = 4000
+_INTERNAL = re.compile(r"[/\\\\](IPython|ipykernel)[/\\\\]")
 _WINDOW_TTL = 60.0  # seconds a model's context window is trusted
 
 
@@ -60,6 +61,14 @@ def parse_options(pairs: list[str] | None) -> dict[str, Any]:
             raise OllamaMagicError(f"options are KEY=VALUE (like num_ctx=8192), not {pair!r}")
         out[key] = _json_value(key, raw.strip())
     return out
+
+
+def _user_traceback(err: BaseException) -> str:
+    """The traceback as the user's code sees it: IPython's own frames are noise."""
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if not _INTERNAL.search(f.filename)]
+    lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames)]
+    lines += traceback.format_exception_only(type(err), err)
+    return "".join(lines)
 
 
 def _first_code_block(text: str) -> str | None:
@@ -128,7 +137,7 @@ class OllamaMagics(Magics):
         if isinstance(err, UsageError):
             tb = f"UsageError: {err}"
         else:
-            tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+            tb = _user_traceback(err)
         self.last_error = (code, _ANSI.sub("", tb)[-_ERROR_CHARS:])
 
     # -- settings --------------------------------------------------------
@@ -296,6 +305,8 @@ class OllamaMagics(Magics):
             err = self._friendly(exc, model, started=started)
             if started:
                 view.finish(footer_text(model, {}, time.perf_counter() - started_at, ["failed"]))
+            else:
+                view.abandon()
             raise err from None
         seconds = time.perf_counter() - started_at
         reply_msg = reply.message(with_tool_calls=False)
@@ -659,7 +670,8 @@ def _split(text: str) -> list[str]:
         if m:
             inner = m.group(2)[1:-1]
             if m.group(2)[0] == '"':
-                inner = re.sub(r'\\(.)', r"\1", inner)
+                # As in a POSIX shell, only \" and \\ are escapes: C:\Users stays.
+                inner = re.sub(r'\\(["\\])', r"\1", inner)
             tok = (m.group(1) or "") + inner
         out.append(tok)
     return out

@@ -2,12 +2,14 @@
 
 Model output is untrusted. Everything a reply says reaches the frontend as
 Markdown in which raw HTML is inert: `<` and `&` outside code become entities
-(so `<script>` is shown, not run) and links with script-capable schemes lose
-their target. The only HTML in the output is the `<details>` we write ourselves.
+(so `<script>` is shown, not run), links with script-capable schemes lose
+their target, and images become links (shown, they would be fetched). The
+only HTML in the output is the `<details>`/`<summary>`/`<small>` we write.
 """
 
 from __future__ import annotations
 
+import html
 import re
 import sys
 import time
@@ -20,80 +22,225 @@ from .chat import Reply
 __all__ = ["NotebookView", "TerminalView", "View", "fence", "footer_text", "safe_markdown"]
 
 # -- Markdown safety ----------------------------------------------------------
-_FENCE_OPEN = re.compile(r"^ {0,3}(`{3,}|~{3,})[^\n]*$")
+# The scanner errs one way only: text is left literal only where every
+# renderer (CommonMark, and marked, which JupyterLab uses) must show it as
+# code; where it cannot tell, it escapes (`&lt;` may then show in code).
+_FENCE_OPEN = re.compile(r"^( {0,3})(`{3,}|~{3,})(.*)$")
 _TICKS = re.compile(r"`+")
-_BAD_SCHEME = re.compile(r"^\s*(?:javascript|vbscript|data|file)\s*:", re.IGNORECASE)
-# [text](destination "title"): the destination may hold one level of parentheses.
-_INLINE_LINK = re.compile(r"(!?)\[([^\]\n]*)\]\(\s*([^\s()]*(?:\([^()\s]*\)[^\s()]*)*)([^)\n]*)\)")
-_REF_DEF = re.compile(r"^( {0,3}\[[^\]\n]+\]:)(\s*)(\S+)", re.MULTILINE)
-_ENTITY_OR_CTRL = re.compile(r"&#?\w+;|[\x00-\x20]")
+_BAD_SCHEME = re.compile(r"(?:javascript|vbscript|data|file):", re.IGNORECASE)
+_PUNCT_ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
+_CTRL = re.compile(r"[\x00-\x20\x7f]+")
+_IMAGE = re.compile(r"(?<!\\)((?:\\\\)*)!\[")  # `![` not already escaped
+_LINK_START = re.compile(r"\](?:\(|:)")
+# Where marked (JupyterLab's renderer) may pair backticks unlike CommonMark:
+# strikethrough and text runs (`~`), table cells (`|`), links, bare URLs.
+_RISKY = re.compile(r"[~|\[\]@]|://|www\.", re.IGNORECASE)
 
 
 def _unsafe_url(url: str) -> bool:
-    # Browsers ignore control characters and entities inside a scheme
-    # ("java&#9;script:"), so judge the URL without them.
-    return bool(_BAD_SCHEME.match(_ENTITY_OR_CTRL.sub("", url.strip("<>"))))
+    # Judge the URL as a browser finally sees it: entities decoded (some
+    # renderers decode twice), backslash escapes gone, and control characters
+    # and spaces dropped, as URL parsers drop tabs and newlines inside a scheme.
+    for _ in range(4):
+        plain = _CTRL.sub("", _PUNCT_ESCAPE.sub(r"\1", html.unescape(url))).lstrip("<")
+        if plain == url:
+            break
+        url = plain
+    return bool(_BAD_SCHEME.match(url))
+
+
+def _destination_end(text: str, i: int) -> int:
+    """End of the link destination starting at `i` (CommonMark: balanced parentheses)."""
+    if text.startswith("<", i):
+        close = text.find(">", i)
+        return len(text) if close < 0 else close + 1
+    depth = 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text):
+            i += 2
+            continue
+        if c <= " ":
+            break
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            if depth == 0:
+                break
+            depth -= 1
+        i += 1
+    return i
 
 
 def _defuse_links(text: str) -> str:
-    def inline(m: re.Match[str]) -> str:
-        bang, label, dest = m.group(1), m.group(2), m.group(3)
-        return f"{bang}[{label}](#unsafe-link-removed)" if _unsafe_url(dest) else m.group(0)
+    """Drop the target of every link (inline or reference) with a script-capable scheme.
 
-    def ref(m: re.Match[str]) -> str:
-        return f"{m.group(1)}{m.group(2)}#unsafe-link-removed" if _unsafe_url(m.group(3)) else m.group(0)
+    Every destination follows `](` or `]:`; looking there, rather than parsing
+    link text, also catches nested brackets, multi-line labels and
+    definitions inside lists and quotes.
+    """
+    out: list[str] = []
+    pos = 0
+    for m in _LINK_START.finditer(text):
+        if m.start() < pos:
+            continue
+        start = m.end()
+        while start < len(text) and text[start] in " \t\n":
+            start += 1
+        end = _destination_end(text, start)
+        if _unsafe_url(text[start:end]):
+            out.append(text[pos:start])
+            out.append("#unsafe-link-removed")
+            pos = end
+    out.append(text[pos:])
+    return "".join(out)
 
-    return _REF_DEF.sub(ref, _INLINE_LINK.sub(inline, text))
+
+def _escaped(text: str, i: int) -> bool:
+    """Whether the character at `i` is backslash-escaped."""
+    n = 0
+    while i - n - 1 >= 0 and text[i - n - 1] == "\\":
+        n += 1
+    return n % 2 == 1
+
+
+def _escape_line(line: str, trusted: bool) -> tuple[str, bool]:
+    """Escape HTML in one line of prose; returns it and whether its backticks all pair up.
+
+    Code spans are left literal only when `trusted`: every renderer then
+    pairs this line's backticks as we do. Otherwise `<` is escaped inside
+    them too (shown as `&lt;` if it is code after all, never run).
+    """
+    out: list[str] = []
+    pos = 0
+    paired = True
+    while (m := _TICKS.search(line, pos)) is not None:
+        if _escaped(line, m.start()):  # \` is a literal backtick
+            out.append(_escape_text(line[pos:m.start() + 1]))
+            pos = m.start() + 1
+            continue
+        close = re.compile(r"(?<!`)" + m.group(0) + r"(?!`)").search(line, m.end())
+        if close is None:  # an unmatched run of backticks is plain text
+            paired = False
+            out.append(_escape_text(line[pos:m.end()]))
+            pos = m.end()
+            continue
+        span = line[m.start():close.end()]
+        out.append(_escape_text(line[pos:m.start()]))
+        out.append(span if trusted else _IMAGE.sub(r"\1\\![", span.replace("<", "&lt;")))
+        pos = close.end()
+    out.append(_escape_text(line[pos:]))
+    return "".join(out), paired
 
 
 def _escape_prose(text: str) -> str:
-    """Escape HTML in prose while leaving inline code spans literal."""
-    out: list[str] = []
-    pos = 0
-    while (m := _TICKS.search(text, pos)) is not None:
-        close = re.compile(r"(?<!`)" + m.group(0) + r"(?!`)").search(text, m.end())
-        if close is None:  # an unmatched run of backticks is plain text
-            out.append(_escape_html(text[pos:m.end()]))
-            pos = m.end()
+    """Escape HTML in prose while leaving inline code spans literal where that is safe.
+
+    A code span that a renderer does not see as one would let its HTML run.
+    Renderers pair backticks alike within a line, but across lines of a
+    paragraph, and around `~~`, tables, links and bare URLs (marked eats
+    backticks there), they differ; after such a line we trust no span until
+    the paragraph ends (a blank line).
+    """
+    lines: list[str] = []
+    trusted = True
+    for line in text.split("\n"):
+        if not line.strip():
+            trusted = True
+            lines.append(line)
             continue
-        out.append(_escape_html(text[pos:m.start()]))
-        out.append(text[m.start():close.end()])
-        pos = close.end()
-    out.append(_escape_html(text[pos:]))
-    return _defuse_links("".join(out))
+        clean = trusted and not _RISKY.search(line)
+        escaped, paired = _escape_line(line, clean)
+        lines.append(escaped)
+        if "`" in line and not (clean and paired):
+            trusted = False
+    return _defuse_links("\n".join(lines))
 
 
 def _escape_html(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;")
 
 
+def _escape_text(text: str) -> str:
+    # `![alt](url)` becomes a plain link: an image would be fetched as soon as
+    # it is shown, and a URL chosen by the model can carry the chat away.
+    return _IMAGE.sub(r"\1\\![", _escape_html(text))
+
+
+def _indent(line: str) -> int:
+    col = 0
+    for c in line:
+        if c == " ":
+            col += 1
+        elif c == "\t":
+            col += 4 - col % 4
+        else:
+            break
+    return col
+
+
+def _fence_line(line: str, indent: int, char: str, length: int) -> str:
+    """What a line inside a fenced block is: 'code', 'close', or 'unsure'.
+
+    A fence opened at column 0 is top level: it ends only at a closing fence
+    indented at most 3 columns. One opened further in may sit in a list item
+    whose width we do not know, so a line that could end that item, or close
+    the fence for some item width but not another, is 'unsure'.
+    """
+    body = line.lstrip(" \t")
+    if not body:
+        return "code"
+    col = _indent(line)
+    rest = body.lstrip(char)
+    is_run = len(body) - len(rest) >= length and not rest.strip(" \t")
+    if indent == 0:
+        return "close" if is_run and col <= 3 else "code"
+    if col < indent:
+        return "unsure"
+    if is_run:
+        return "close" if line.startswith(" " * indent + char) else "unsure"
+    return "code"
+
+
 def safe_markdown(text: str) -> str:
-    """Markdown as written, but with raw HTML shown as text, never rendered."""
-    if "<" not in text and "&" not in text and "](" not in text and "]:" not in text:
+    """Markdown as written, but with raw HTML shown as text, never rendered.
+
+    Fenced code stays literal. Where a renderer might end a fence that we
+    cannot be sure of, and at the end of the text, we close it ourselves
+    (indented as it was opened, which closes it for any list item it may be
+    in): so we always know which lines are code, and what follows (our own
+    `</details>` and footer) is never swallowed into a code block.
+    """
+    if not any(s in text for s in ("<", "&", "](", "]:", "```", "~~~")):
         return text  # the common case: nothing to defuse
-    lines = text.split("\n")
     out: list[str] = []
     prose: list[str] = []
-    fence_char = ""
-    fence_len = 0
-    for line in lines:
-        if fence_char:  # inside a fenced code block: literal
-            out.append(line)
-            stripped = line.strip()
-            if stripped and set(stripped) == {fence_char} and len(stripped) >= fence_len:
-                fence_char = ""
-            continue
+    fence: tuple[int, str, int] | None = None  # indent, character, length
+    for line in text.split("\n"):
+        if fence is not None:
+            kind = _fence_line(line, *fence)
+            if kind != "unsure":
+                out.append(line)
+                if kind == "close":
+                    fence = None
+                continue
+            indent, char, length = fence
+            out.append(" " * indent + char * length)
+            fence = None
         m = _FENCE_OPEN.match(line)
-        if m and not (m.group(1)[0] == "`" and "`" in line[m.end(1):]):
+        if m and not (m.group(2)[0] == "`" and "`" in m.group(3)):
             if prose:
                 out.append(_escape_prose("\n".join(prose)))
                 prose = []
-            fence_char, fence_len = m.group(1)[0], len(m.group(1))
+            fence = (len(m.group(1)), m.group(2)[0], len(m.group(2)))
             out.append(line)
             continue
         prose.append(line)
     if prose:
         out.append(_escape_prose("\n".join(prose)))
+    if fence is not None:
+        indent, char, length = fence
+        out.append(" " * indent + char * length)
     return "\n".join(out)
 
 
@@ -152,6 +299,9 @@ class View:
     def finish(self, footer: str, *, ignored_calls: list[dict[str, Any]] | None = None) -> None:  # pragma: no cover
         raise NotImplementedError
 
+    def abandon(self) -> None:
+        """The request failed before any reply: take back the placeholder."""
+
     def _tool_lines(self) -> list[str]:
         lines = []
         for ev in self.tools:
@@ -200,6 +350,9 @@ class NotebookView(View):
     def finish(self, footer: str, *, ignored_calls: list[dict[str, Any]] | None = None) -> None:
         self._push(self._bundle(footer=footer, ignored=_ignored_lines(ignored_calls)))
 
+    def abandon(self) -> None:
+        self._push({"text/plain": ""})
+
     def _push(self, bundle: dict[str, str]) -> None:
         if self._handle is not None:
             self._handle.update(bundle, raw=True)
@@ -214,7 +367,8 @@ class NotebookView(View):
             summary = "Thinking…" if streaming and not reply.parts else "Thinking"
             md.append(f"<details><summary>{summary}</summary>\n\n{safe_markdown(thinking)}\n\n</details>\n")
         content = reply.content
-        md.append(safe_markdown(content) + (" ▌" if streaming else ""))
+        # The cursor goes inside: after a fence that safe_markdown closed it would reopen it.
+        md.append(safe_markdown(content + " ▌" if streaming else content))
         tool_lines = self._tool_lines() + (ignored or [])
         if tool_lines:
             label = f"{len(tool_lines)} tool call{'s' if len(tool_lines) != 1 else ''}"
@@ -232,8 +386,8 @@ class TerminalView(View):
     def __init__(self, model: str, *, out: TextIO | None = None) -> None:
         super().__init__(model)
         self._out = out
-        self._printed = 0
-        self._thought = 0
+        self._printed = 0  # reply parts already written
+        self._thought = 0  # thinking parts already written
 
     @property
     def out(self) -> TextIO:
@@ -246,18 +400,18 @@ class TerminalView(View):
     def update(self, reply: Reply) -> None:
         self.reply = reply
         out = self.out
-        thinking = reply.thinking
-        if len(thinking) > self._thought:
+        # Counted in parts, not characters: joining the whole reply for every
+        # chunk would make a long reply quadratic.
+        if len(reply.thinking_parts) > self._thought:
             if not self._thought:
                 out.write("[thinking] ")
-            out.write(thinking[self._thought:])
-            self._thought = len(thinking)
-        content = reply.content
-        if len(content) > self._printed:
+            out.write("".join(reply.thinking_parts[self._thought:]))
+            self._thought = len(reply.thinking_parts)
+        if len(reply.parts) > self._printed:
             if self._thought and not self._printed:
                 out.write("\n[/thinking]\n")
-            out.write(content[self._printed:])
-            self._printed = len(content)
+            out.write("".join(reply.parts[self._printed:]))
+            self._printed = len(reply.parts)
         out.flush()
 
     def tool(self, name: str, arguments: Mapping[str, Any], result: str, ok: bool) -> None:

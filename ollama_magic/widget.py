@@ -83,18 +83,20 @@ class _Kit:
 
     def __init__(self) -> None:
         L = w.Layout
-        self.turn = L(width="100%", margin="4px 0", padding="2px 6px",
+        # "auto" widths: flex children stretch to the panel without overflowing
+        # it (100% plus padding, border or margin would stick out).
+        self.turn = L(width="auto", margin="4px 0", padding="2px 6px",
                       border_left="3px solid #d0d7de")
-        self.row = L(width="100%", margin="1px 0")
-        self.bar = L(width="100%", align_items="center", min_height="24px")
+        self.row = L(width="auto", margin="1px 0")
+        self.bar = L(width="auto", align_items="center", min_height="24px")
         self.info = L(width="auto", flex="1 1 auto")
         self.auto = L(width="auto")
         self.button = L(width="auto", height="24px", margin="0 0 0 4px")
-        self.text = L(width="100%", min_width="200px")
+        self.text = L(width="auto", min_width="200px")
         self.thumb = L(max_height="96px", width="auto", height="auto", object_fit="contain",
                        margin="2px 4px 2px 0")
-        self.thumbs = L(width="100%", flex_flow="row wrap")
-        self.acc = L(width="100%")
+        self.thumbs = L(width="auto", flex_flow="row wrap")
+        self.acc = L(width="auto")
         self.html_style = HTMLStyle()
         self.button_style = w.ButtonStyle(font_size="12px")
         self.text_style = TextStyle()
@@ -166,8 +168,6 @@ class _TurnView(w.VBox):
 def _turn_title(index: int, meta: TurnMeta) -> str:
     """The turn's header as HTML: fixed markup, escaped data."""
     bits = [f"Turn {index + 1}"]
-    if meta.cell_id:
-        bits.append(f"cell {meta.cell_id[:8]}")
     if meta.edited:
         bits.append("edited")
     return f'<b style="{_MUTED}">{_esc(" · ".join(bits))}</b>'
@@ -220,19 +220,20 @@ class HistoryPanel(w.VBox):
                                         tooltip="Create a chat (with this chat's model and options) and switch to it")
         self.new_chat_button.on_click(lambda _: self._guard(self._new_chat))
         top = w.HBox([self.chat_selector, self.model_field, self.new_chat_name, self.new_chat_button],
-                     layout=w.Layout(width="100%", flex_flow="row wrap", align_items="center"))
+                     layout=w.Layout(width="auto", flex_flow="row wrap", align_items="center"))
 
         # -- summary -------------------------------------------------------
-        self.header = w.HTML(layout=w.Layout(width="100%"))
+        self.header = w.HTML(layout=w.Layout(width="auto"))
         self.header_text = ""
 
         # -- system prompt -------------------------------------------------
         self.system_text = w.Textarea(placeholder="System prompt (none)", continuous_update=False,
-                                      layout=w.Layout(width="100%"))
-        self.system_save = w.Button(description="Save system prompt", layout=kit.auto,
+                                      layout=w.Layout(width="auto"))
+        self.system_save = w.Button(description="Save system prompt",
+                                    layout=w.Layout(width="auto", align_self="flex-start"),
                                     tooltip="Store this text as the chat's system prompt (empty removes it)")
         self.system_save.on_click(lambda _: self._guard(self._save_system))
-        system = w.VBox([self.system_text, self.system_save], layout=w.Layout(width="100%"))
+        system = w.VBox([self.system_text, self.system_save], layout=w.Layout(width="auto"))
 
         # -- actions -------------------------------------------------------
         self.undo_button = w.Button(description="Undo", icon="undo", layout=kit.auto,
@@ -251,14 +252,14 @@ class HistoryPanel(w.VBox):
         self.copy_button.on_click(lambda _: self._guard(self._copy_messages))
         actions = w.HBox([self.undo_button, self.reset_button, self.export_path, self.export_button,
                           self.copy_var, self.copy_button],
-                         layout=w.Layout(width="100%", flex_flow="row wrap", align_items="center"))
-        self.status = w.HTML(layout=w.Layout(width="100%"))
+                         layout=w.Layout(width="auto", flex_flow="row wrap", align_items="center"))
+        self.status = w.HTML(layout=w.Layout(width="auto"))
         self.status_text = ""  # the status line as plain text
 
         # -- turns ---------------------------------------------------------
         self.earlier_button = w.Button(layout=w.Layout(width="auto", display="none"), icon="chevron-up")
         self.earlier_button.on_click(lambda _: self._guard(self.show_earlier))
-        self._turns_box = w.VBox(layout=w.Layout(width="100%", max_height="70vh", overflow="auto"))
+        self._turns_box = w.VBox(layout=w.Layout(width="auto", max_height="70vh", overflow="auto"))
 
         self.children = (top, self.header, system, actions, self.status, self.earlier_button,
                          self._turns_box)

@@ -189,3 +189,18 @@ def test_fork_at(shell, ollama_server, capsys):
         shell.run_line_magic("ollama", "fork b")
     with pytest.raises(UsageError, match="--at"):
         shell.run_line_magic("ollama", "fork c --at x")
+
+
+def test_fix_traceback_has_no_ipython_frames(shell, ollama_server):
+    run(shell, "def g():\n    raise KeyError('banana')\ng()")
+    run(shell, "%ollama fix")
+    content = ollama_server.last_chat()["messages"][-1]["content"]
+    assert "KeyError: 'banana'" in content and "raise KeyError" in content
+    assert "interactiveshell.py" not in content and "run_code" not in content
+
+
+def test_failed_request_leaves_no_placeholder(nb_shell, ollama_server):
+    res = run(nb_shell, "%%ollama -m nope\nhi")
+    assert isinstance(res.error_in_exec, UsageError)
+    pub = nb_shell.display_pub
+    assert pub.messages[-1]["update"] and pub.messages[-1]["data"] == {"text/plain": ""}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -86,7 +87,8 @@ def check_common(cells: dict[str, Any]) -> None:
     assert "rectangle_area(width=3, height=4) → 12" in text(cells["tools"])
     assert "I see 1 image(s)" in text(cells["image"])
     assert "KeyError: 'banana'" in text(cells["fix"])
-    assert "Saved 2 chats" in text(cells["save"]) and "default  llama3.2:latest  0" in text(cells["save"])
+    assert "Saved 2 chats" in text(cells["save"])
+    assert re.search(r"\* +default +llama3\.2:latest +0 ", text(cells["save"]))  # reset emptied it
     assert "Loaded default, pirate" in text(cells["load-chats"])
     export = text(cells["export"])
     assert "## 1. User\n\nExplain Python generators" in export  # the edit from the panel
@@ -100,7 +102,7 @@ def test_examples_against_the_test_server(ollama_server: Any, tmp_path: Path) ->
     cells = execute(ollama_server.host, tmp_path)
     assert text(cells["find-server"]) == ""  # a server answered: no offline model
     check_common(cells)
-    assert f"host            {ollama_server.host} (from OLLAMA_HOST)" in text(cells["config"])
+    assert re.search(rf"host +{re.escape(ollama_server.host)} \(from OLLAMA_HOST\)", text(cells["config"]))
     chats = ollama_server.chat_requests()
     assert len(chats) == 13
     asked_again = next(c for c in chats if c["messages"][-1]["content"] == "What was my first question?")
