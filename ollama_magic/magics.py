@@ -25,7 +25,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Dict, Enum, Float, Int, Unicode, default
 
-from . import chat, persist
+from . import chat
 from .errors import OllamaMagicError, did_you_mean, translate
 from .interpolate import interpolate
 from .render import NotebookView, TerminalView, View, footer_text
@@ -285,8 +285,10 @@ class OllamaMagics(Magics):
         messages = conv.history(base, system=system)
         request = chat.ChatRequest(model, messages + [user], options or None, fmt,
                                    args.think, tools, stream=not args.no_stream)
-        view: View = NotebookView(model, rate=self.display_rate) if self._is_rich() else TerminalView(model)
         client = self.client()
+        # The placeholder goes up last, right before the request: from here on
+        # every exit (reply, error, interrupt) replaces it.
+        view: View = NotebookView(model, rate=self.display_rate) if self._is_rich() else TerminalView(model)
         exchange: list[dict[str, Any]] = []
         try:
             exchange, reply = chat.converse(client, request, view, max_tool_rounds=self.max_tool_rounds)
@@ -565,7 +567,10 @@ class OllamaMagics(Magics):
         print(f"Chat {name!r} is active ({len(self.store.active.turns)} turns).")
 
     def _sub_fork(self, rest: str) -> None:
-        parts = _split(rest)
+        try:
+            parts = _split(rest)
+        except ValueError as exc:
+            raise OllamaMagicError(f"cannot parse the arguments: {exc}") from None
         at = None
         if "--at" in parts:
             i = parts.index("--at")
@@ -583,6 +588,8 @@ class OllamaMagics(Magics):
         print(f"Forked into chat {conv.name!r} with {len(conv.turns)} turns (now active).")
 
     def _sub_save(self, rest: str) -> None:
+        from . import persist  # pydantic models: built only when files are touched
+
         path = self._path_arg(rest, "save", "chats.json")
         try:
             target = persist.save(self.store, path)
@@ -591,6 +598,8 @@ class OllamaMagics(Magics):
         print(f"Saved {len(self.store)} chat{'s' if len(self.store) != 1 else ''} to {target}.")
 
     def _sub_load(self, rest: str) -> None:
+        from . import persist  # pydantic models: built only when files are touched
+
         path = self._path_arg(rest, "load", "chats.json")
         try:
             names = persist.load(self.store, path)
@@ -599,6 +608,8 @@ class OllamaMagics(Magics):
         print(f"Loaded {', '.join(names) or 'no chats'} from {path} (undo with %ollama undo); active: {self.store.active_name!r}.")
 
     def _sub_export(self, rest: str) -> None:
+        from . import persist  # pydantic models: built only when files are touched
+
         path = self._path_arg(rest, "export", "chat.md")
         try:
             target = persist.write_text(path, persist.export_markdown(self.store.active))
@@ -623,6 +634,8 @@ class OllamaMagics(Magics):
         self._turn(args, "")
 
     def _sub_history(self, rest: str) -> Any:
+        from . import persist  # pydantic models: built only when files are touched
+
         if self._is_rich():
             from .widget import HistoryPanel
 

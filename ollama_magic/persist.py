@@ -118,6 +118,10 @@ def save(store: ConversationStore, path: str | os.PathLike[str]) -> Path:
     if target.is_dir():
         raise FileError(f"{target} is a directory; give a file name such as chat.json")
     text = json.dumps(dump(store), ensure_ascii=False, indent=1)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (a server sent "\ud800"): keep it, as an escape
+        text = json.dumps(dump(store), ensure_ascii=True, indent=1)
     _atomic_write(target, text)
     return target
 
@@ -126,9 +130,13 @@ def _atomic_write(target: Path, text: str) -> None:
     directory = target.parent if str(target.parent) else Path(".")
     if not directory.is_dir():
         raise FileError(f"cannot write {target}: folder {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:  # read-only folder, disk full, ...
+        raise FileError(f"cannot write {target}: {exc.strerror or exc}; the old file is unchanged") from None
+    try:
+        # backslashreplace: a lone surrogate in an export must not abort the write
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
@@ -143,16 +151,21 @@ def _atomic_write(target: Path, text: str) -> None:
         raise
 
 
-def read(path: str | os.PathLike[str], *, max_bytes: int = MAX_LOAD_BYTES) -> tuple[list[Conversation], str]:
+def read(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> tuple[list[Conversation], str]:
     """Parse and validate a save file; returns its chats and active chat name."""
+    limit = MAX_LOAD_BYTES if max_bytes is None else max_bytes
     source = Path(path).expanduser()
     try:
         if source.is_dir():
             raise FileError(f"{source} is a directory, not a saved chat file")
-        size = source.stat().st_size
-        if size > max_bytes:
-            raise FileError(f"{source} is {size:,} bytes, over the {max_bytes:,}-byte limit for chat files")
-        raw = source.read_bytes()
+        if source.exists() and not source.is_file():
+            # A FIFO or a device (/dev/zero) would block or never end.
+            raise FileError(f"{source} is not a regular file, not a saved chat file")
+        with source.open("rb") as fh:
+            raw = fh.read(limit + 1)  # bounded even if the size changes under us
+        if len(raw) > limit:
+            size = max(source.stat().st_size, len(raw))
+            raise FileError(f"{source} is {size:,} bytes, over the {limit:,}-byte limit for chat files")
     except FileNotFoundError:
         raise FileError(f"no file {source}; check the path (relative paths start at {Path.cwd()})") from None
     except PermissionError:
@@ -163,6 +176,8 @@ def read(path: str | os.PathLike[str], *, max_bytes: int = MAX_LOAD_BYTES) -> tu
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FileError(f"{source} is not a valid chat file: not JSON ({exc})") from None
+    except RecursionError:  # nesting deeper than any chat file has
+        raise FileError(f"{source} is not a valid chat file: nested too deeply") from None
     if not isinstance(data, dict) or data.get("format") != "ollama_magic":
         raise FileError(f"{source} is not an ollama_magic chat file (save one with %ollama save)")
     if data.get("version") != FORMAT_VERSION:
@@ -179,21 +194,52 @@ def read(path: str | os.PathLike[str], *, max_bytes: int = MAX_LOAD_BYTES) -> tu
     if len(set(names)) != len(names):
         raise FileError(f"{source} is not a valid chat file: a chat name appears twice")
     chats = []
-    for chat in parsed.chats:
+    for chat, raw_chat in zip(parsed.chats, data["chats"]):
         turns = []
-        for t in chat.turns:
-            msgs = tuple(m.model_dump(exclude_none=True) for m in t.messages)
+        for i, (t, raw_turn) in enumerate(zip(chat.turns, raw_chat.get("turns") or [])):
+            # In the file's key order, so a save/load round trip sends the same bytes.
+            msgs = tuple(_in_order(m.model_dump(exclude_none=True), raw)
+                         for m, raw in zip(t.messages, raw_turn["messages"]))
             for m in msgs:
                 m.setdefault("content", "")
             try:
+                _check_turn(msgs)
                 turns.append(Turn(msgs, TurnMeta(**t.meta.model_dump())))
             except ValueError as exc:
-                raise FileError(f"{source} is not a valid chat file: chat {chat.name!r}: {exc}") from None
+                raise FileError(f"{source} is not a valid chat file: chat {chat.name!r}, turn {i}: {exc}") from None
         chats.append(Conversation(chat.name, chat.model, chat.system, dict(chat.options), turns))
     return chats, parsed.active
 
 
-def load(store: ConversationStore, path: str | os.PathLike[str], *, max_bytes: int = MAX_LOAD_BYTES) -> list[str]:
+def _in_order(value: Any, raw: Any) -> Any:
+    """`value` (validated) with its dict keys in the order `raw` (as read) has them."""
+    if isinstance(value, dict) and isinstance(raw, dict):
+        keys = [k for k in raw if k in value] + [k for k in value if k not in raw]
+        return {k: _in_order(value[k], raw.get(k)) for k in keys}
+    if isinstance(value, list) and isinstance(raw, list) and len(value) == len(raw):
+        return [_in_order(v, r) for v, r in zip(value, raw)]
+    return value
+
+
+def _check_turn(msgs: tuple[Message, ...]) -> None:
+    """A turn is user, then any tool exchange (assistant tool_calls, tool answers), then the reply."""
+    if len(msgs) < 2 or msgs[0]["role"] != "user" or msgs[-1]["role"] != "assistant":
+        raise ValueError("a turn is a user message, then the assistant's reply")
+    if msgs[-1].get("tool_calls"):
+        raise ValueError("the reply that ends a turn cannot ask for tools")
+    asked = False  # a tool answer needs an assistant message asking for tools before it
+    for msg in msgs[1:-1]:
+        if msg["role"] == "assistant" and msg.get("tool_calls"):
+            asked = True
+        elif msg["role"] == "tool" and asked:
+            continue
+        else:
+            raise ValueError(f"a {msg['role']} message in the middle of a turn must be part of a tool exchange")
+    if len(msgs) > 2 and msgs[-2]["role"] != "tool":
+        raise ValueError("tool calls must be answered before the reply")
+
+
+def load(store: ConversationStore, path: str | os.PathLike[str], *, max_bytes: int | None = None) -> list[str]:
     """Add the file's chats to the store (same names are replaced, undoably)."""
     chats, active = read(path, max_bytes=max_bytes)
     store.absorb(chats, active)

@@ -399,28 +399,36 @@ class ConversationStore:
         name = self._active if chat is None else chat
         conv = self.get(name)
         self._remember(name)
+        # Change everything first, then tell listeners: an interrupt inside a
+        # listener (a panel redrawing) must not leave the change half done.
+        events: list[tuple[str, int | None, int]] = []
         if model and model != conv.model:
             conv.model = model
-            self._emit("model", name)
+            events.append(("model", None, 0))
         if not isinstance(system, _Keep) and (system or None) != conv.system:
             conv.system = system or None
-            self._emit("system", name)
-        if fresh and conv.turns:
-            count = len(conv.turns)
-            conv.turns = []
-            self._emit("reset", name, 0, count)
-        idx = conv.find_cell(turn.meta.cell_id) if rerun == "rewind" else None
-        if idx is None:
-            conv.turns.append(turn)
-            self._emit("turn_added", name, len(conv.turns) - 1)
-            return Commit("appended", len(conv.turns) - 1)
-        dropped = len(conv.turns) - idx - 1
-        if dropped:
-            del conv.turns[idx + 1:]
-            self._emit("truncated", name, idx + 1, dropped)
-        conv.turns[idx] = turn
-        self._emit("turn_replaced", name, idx)
-        return Commit("rewound" if dropped else "replaced", idx, dropped)
+            events.append(("system", None, 0))
+        if fresh:
+            conv.turns = [turn]
+            result = Commit("appended", 0)
+            events.append(("restored", None, 0))  # views redraw the whole chat
+        else:
+            idx = conv.find_cell(turn.meta.cell_id) if rerun == "rewind" else None
+            if idx is None:
+                conv.turns.append(turn)
+                result = Commit("appended", len(conv.turns) - 1)
+                events.append(("turn_added", result.index, 0))
+            else:
+                dropped = len(conv.turns) - idx - 1
+                del conv.turns[idx + 1:]
+                conv.turns[idx] = turn
+                result = Commit("rewound" if dropped else "replaced", idx, dropped)
+                if dropped:
+                    events.append(("truncated", idx + 1, dropped))
+                events.append(("turn_replaced", idx, 0))
+        for kind, index, count in events:
+            self._emit(kind, name, index, count)
+        return result
 
     def edit(self, index: int, content: str, *, part: int = -1, chat: str | None = None) -> None:
         """Replace the text of one message of turn `index` (`part` 0: the user's, -1: the reply)."""

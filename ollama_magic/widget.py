@@ -707,7 +707,8 @@ class HistoryPanel(w.VBox):
             try:
                 i = next(j for j, t in enumerate(turns) if t is view.turn)
             except StopIteration:
-                raise StoreError("that turn is no longer in the chat; the panel has been redrawn") from None
+                raise StoreError("that turn is no longer in the chat (another change removed it); "
+                                 "the panel shows the current turns") from None
             finally:
                 self._check()
         return i
@@ -756,7 +757,7 @@ class HistoryPanel(w.VBox):
             raise StoreError("this row is no longer part of the panel")
         index = self._index_of(view)
         new = row.text.value
-        if view.turn.messages[row.part].get("content") == new:
+        if (view.turn.messages[row.part].get("content") or "") == new:
             self._say("no change to save")
             return
         self.store.edit(index, new, part=row.part, chat=self._chat)

