@@ -37,6 +37,7 @@ def unload_ipython_extension(ipython: Any) -> None:
     magics = _LOADED.pop(id(ipython), None)
     if magics is None:
         return
+    magics.close()
     for event, callback in (("pre_run_cell", magics.pre_run_cell), ("post_run_cell", magics.post_run_cell)):
         try:
             ipython.events.unregister(event, callback)

@@ -15,6 +15,7 @@ import re
 import sys
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,12 @@ class OllamaMagics(Magics):
         self.last_error: tuple[str, str] | None = None  # (code, traceback) of the last failing cell
         self._auto_model: str | None = None
         self._windows: dict[tuple[str, str], tuple[float, int | None]] = {}
+        self.panels: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def close(self) -> None:
+        """Close every open history panel (they listen to the store)."""
+        for panel in list(self.panels):
+            panel.close()
 
     # -- kernel events ---------------------------------------------------
     def pre_run_cell(self, info: Any) -> None:
@@ -639,9 +646,12 @@ class OllamaMagics(Magics):
         if self._is_rich():
             from .widget import HistoryPanel
 
-            return HistoryPanel(self.store, list_models=self._installed_or_none,
-                                default_model=lambda: self.model or self._auto_model,
-                                default_num_ctx=self.default_num_ctx, namespace=self.shell.user_ns)
+            panel = HistoryPanel(self.store, list_models=self._installed_or_none,
+                                 default_model=lambda: self.model or self._auto_model,
+                                 context_window=self.context_window,
+                                 default_num_ctx=self.default_num_ctx, namespace=self.shell.user_ns)
+            self.panels.add(panel)  # closed (and unsubscribed) on unload
+            return panel
         print(persist.export_markdown(self.store.active), end="")
         return None
 

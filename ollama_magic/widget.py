@@ -85,9 +85,11 @@ class _Kit:
         L = w.Layout
         # "auto" widths: flex children stretch to the panel without overflowing
         # it (100% plus padding, border or margin would stick out).
-        self.turn = L(width="auto", margin="4px 0", padding="2px 6px",
+        # flex 0 0 auto: inside the scrolling turns box rows must keep their
+        # height (a shrinking flex child squashes text areas to nothing).
+        self.turn = L(width="auto", margin="4px 0", padding="2px 6px", flex="0 0 auto",
                       border_left="3px solid #d0d7de")
-        self.row = L(width="auto", margin="1px 0")
+        self.row = L(width="auto", margin="1px 0", flex="0 0 auto")
         self.bar = L(width="auto", align_items="center", min_height="24px")
         self.info = L(width="auto", flex="1 1 auto")
         self.auto = L(width="auto")
@@ -560,7 +562,6 @@ class HistoryPanel(w.VBox):
         self.status_text = _one_line(("⚠ " if error else "✓ ") + text)
         style = "color:#b00020" if error else "color:#1a7f37"
         self.status.value = f'<span style="{style}">{_esc(self.status_text)}</span>'
-
 
     # -- store events --------------------------------------------------------
     def _on_event(self, event: Event) -> None:

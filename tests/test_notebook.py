@@ -359,3 +359,16 @@ def test_overflow_warning_by_the_time_the_server_drops_messages(nb_shell, ollama
             break
     assert dropped_at is not None and warned_at is not None and warned_at <= dropped_at
     assert "num_ctx=" in nb_shell.display_pub.last_markdown
+
+
+def test_history_panel_in_a_notebook_and_unload_closes_it(nb_shell, ollama_server):
+    run(nb_shell, "%%ollama\nhello")
+    magics = magics_of(nb_shell)
+    panel = nb_shell.run_line_magic("ollama", "history")
+    assert type(panel).__name__ == "HistoryPanel"
+    assert magics.store.listener_count == 1
+    run(nb_shell, "%%ollama\nagain")
+    assert len(panel.rows) == 4  # the open panel followed the new turn
+    nb_shell.run_line_magic("unload_ext", "ollama_magic")
+    assert magics.store.listener_count == 0
+    nb_shell.run_line_magic("load_ext", "ollama_magic")
