@@ -2,7 +2,8 @@
 
 The official `ollama.Client` is the only transport. This module knows nothing
 of IPython display or of the store: it takes messages, returns a `Reply`, and
-lets exceptions through for `errors.translate` to make friendly.
+lets exceptions through for `errors.translate` to make friendly (only a
+host that is not a URL at all is refused here, as the client is built).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from typing import Any, Protocol
 
 import ollama
 
+from .errors import OllamaMagicError, redact_host
 from .store import Message
 
 __all__ = [
@@ -47,14 +50,27 @@ class ToolRoundsExceeded(Exception):
 
 
 @functools.lru_cache(maxsize=16)
-def _client(host: str | None, headers: tuple[tuple[str, str], ...], timeout: float | None) -> ollama.Client:
+def _client(host: str | None, headers: tuple[tuple[str, str], ...], timeout: float | None,
+            api_key: str | None) -> ollama.Client:
+    # `api_key` only keys the cache: the client reads OLLAMA_API_KEY itself.
     return ollama.Client(host=host, headers=dict(headers) or None, timeout=timeout)
 
 
 def client_for(host: str | None, headers: Mapping[str, str] | None = None,
                timeout: float | None = None) -> ollama.Client:
-    """The shared client for these settings (building one costs ~20 ms)."""
-    return _client(host or None, tuple(sorted((headers or {}).items())), timeout)
+    """The shared client for these settings (building one costs ~20 ms).
+
+    A changed OLLAMA_API_KEY gets a new client, without the key (or anything
+    derived from it) being sent as a header of its own.
+    """
+    key = os.environ.get("OLLAMA_API_KEY") or None
+    try:
+        return _client(host or None, tuple(sorted((headers or {}).items())), timeout, key)
+    except ValueError as exc:  # the client parses the host as it is built: a bad URL fails here
+        raise OllamaMagicError(
+            f"The Ollama host {redact_host(host or '')!r} is not a valid URL ({exc}). Set OLLAMA_HOST "
+            "or %config OllamaMagics.host to one like http://127.0.0.1:11434."
+        ) from None
 
 
 @dataclass

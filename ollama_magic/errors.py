@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Iterable
 
 import httpx
 import ollama
 from IPython.core.error import UsageError
 
-__all__ = ["OllamaMagicError", "did_you_mean", "translate"]
+__all__ = ["OllamaMagicError", "did_you_mean", "redact_host", "translate"]
 
 
 class OllamaMagicError(UsageError):
@@ -28,6 +29,14 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*://)?)[^/\s]*@")
+
+
+def redact_host(host: str) -> str:
+    """The host as it may be shown: a password in the URL (`http://user:pw@host`) is hidden."""
+    return _USERINFO.sub(r"\1***@", host)
+
+
 def translate(exc: BaseException, *, host: str, host_source: str, model: str,
               installed: list[str] | None = None, timeout: float | None = None,
               started: bool = False) -> OllamaMagicError | None:
@@ -37,6 +46,7 @@ def translate(exc: BaseException, *, host: str, host_source: str, model: str,
     mid-stream); `installed` is the server's model list, if it could be read.
     """
     lost = " Nothing was stored; run the cell again." if started else " Nothing was stored."
+    host = redact_host(host)
     if isinstance(exc, (ConnectionError, httpx.ConnectError)):
         return OllamaMagicError(
             f"Cannot reach Ollama at {host} ({host_source}). Start it with `ollama serve`, "
@@ -70,5 +80,5 @@ def translate(exc: BaseException, *, host: str, host_source: str, model: str,
 
 
 def _one_line(text: object, limit: int = 300) -> str:
-    line = " ".join(str(text).split())
+    line = " ".join(str(text).split()).rstrip(".")  # the caller ends the sentence
     return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -1,15 +1,16 @@
-"""`%%ollama` and `%ollama`: parsing, settings and the flow of one turn.
+"""`%%ollama`: settings and the flow of one turn (the subcommands are in `commands`).
 
-Parsing is IPython's `magic_arguments`; settings are traitlets on this
-Configurable (so `%config OllamaMagics.model = "llama3.2"` and
-`ipython_config.py` work); talking to Ollama is `chat`, showing replies is
-`render`, and the conversation lives in `store`.
+Options are declared with IPython's `magic_arguments` (the line is split by
+`parsing`); settings are traitlets on this Configurable (so
+`%config OllamaMagics.model = "llama3.2"` and `ipython_config.py` work);
+talking to Ollama is `chat`, showing replies is `render`, and the
+conversation lives in `store`.
 """
 
 from __future__ import annotations
 
-import base64
 import json
+import math
 import os
 import re
 import sys
@@ -27,8 +28,10 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Dict, Enum, Float, Int, Unicode, default
 
 from . import chat
-from .errors import OllamaMagicError, did_you_mean, translate
+from .commands import Subcommands
+from .errors import OllamaMagicError, did_you_mean, redact_host, translate
 from .interpolate import interpolate
+from .parsing import first_code_block, parse_options, split_args
 from .render import NotebookView, TerminalView, View, footer_text
 from .store import KEEP, ConversationStore, StoreError, Turn, TurnMeta, _Keep
 
@@ -36,32 +39,9 @@ __all__ = ["OllamaMagics"]
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
-_CODE_BLOCK = re.compile(r"^ {0,3}(`{3,}|~{3,})[^\n]*\n(.*?)^ {0,3}\1[ \t]*$", re.DOTALL | re.MULTILINE)
 _ERROR_CHARS = 4000
 _INTERNAL = re.compile(r"[/\\\\](IPython|ipykernel)[/\\\\]")
 _WINDOW_TTL = 60.0  # seconds a model's context window is trusted
-
-
-def _json_value(key: str, raw: str) -> Any:
-    """`-o KEY=VALUE`: JSON when it parses; JSON-looking text that does not is an error."""
-    try:
-        return json.loads(raw)
-    except ValueError:
-        if raw[:1] in "[{\"":
-            raise OllamaMagicError(f"option {key}: {raw!r} looks like JSON but does not parse; fix it or quote it differently") from None
-        return raw
-
-
-def parse_options(pairs: list[str] | None) -> dict[str, Any]:
-    """KEY=VALUE strings into an options dict."""
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, raw = pair.partition("=")
-        key = key.strip()
-        if not sep or not key or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            raise OllamaMagicError(f"options are KEY=VALUE (like num_ctx=8192), not {pair!r}")
-        out[key] = _json_value(key, raw.strip())
-    return out
 
 
 def _user_traceback(err: BaseException) -> str:
@@ -70,11 +50,6 @@ def _user_traceback(err: BaseException) -> str:
     lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames)]
     lines += traceback.format_exception_only(type(err), err)
     return "".join(lines)
-
-
-def _first_code_block(text: str) -> str | None:
-    m = _CODE_BLOCK.search(text)
-    return m.group(2).rstrip("\n") if m else None
 
 
 class _Hidden(dict):  # type: ignore[type-arg]
@@ -95,7 +70,7 @@ class SecretDict(Dict):  # type: ignore[type-arg]
 
 
 @magics_class
-class OllamaMagics(Magics):
+class OllamaMagics(Subcommands, Magics):
     """Chat with an Ollama model from notebook cells; each cell continues the conversation."""
 
     host = Unicode(None, allow_none=True, help="Ollama server URL; default: $OLLAMA_HOST, else http://127.0.0.1:11434.").tag(config=True)
@@ -156,12 +131,7 @@ class OllamaMagics(Magics):
         return DEFAULT_HOST, "the default; OLLAMA_HOST is not set"
 
     def client(self) -> ollama.Client:
-        host = self._host()[0]
-        headers = dict(self.headers)
-        # The client reads OLLAMA_API_KEY itself; key the cache on it too.
-        if key := os.environ.get("OLLAMA_API_KEY"):
-            headers.setdefault("x-ollama-magic-key-id", str(hash(key)))
-        return chat.client_for(host, headers, self.timeout)
+        return chat.client_for(self._host()[0], dict(self.headers), self.timeout)
 
     def _friendly(self, exc: BaseException, model: str = "", *, started: bool = False) -> OllamaMagicError:
         host, source = self._host()
@@ -242,7 +212,7 @@ class OllamaMagics(Magics):
     def _parse(self, func: Callable[..., Any], line: str) -> Any:
         try:
             # POSIX quoting, so --system "Be terse." arrives without its quotes.
-            return func.parser.parse_args(_split(line))
+            return func.parser.parse_args(split_args(line))
         except ValueError as exc:  # shlex: unbalanced quotes
             raise OllamaMagicError(f"cannot parse the options: {exc}") from None
         except UsageError as exc:
@@ -270,6 +240,8 @@ class OllamaMagics(Magics):
         tools = self._tools(args.tools)
         turn_opts = parse_options(args.option)
         if args.temperature is not None:
+            if not math.isfinite(args.temperature):
+                raise OllamaMagicError(f"-t takes a finite number like 0.7, not {args.temperature}")
             turn_opts["temperature"] = args.temperature
         if args.out and not args.out.isidentifier():
             raise OllamaMagicError(f"--out needs a variable name, not {args.out!r}")
@@ -308,7 +280,7 @@ class OllamaMagics(Magics):
         except chat.IncompleteReply:
             view.finish(footer_text(model, {}, time.perf_counter() - started_at, ["failed"]))
             host = self._host()[0]
-            raise OllamaMagicError(f"The reply from Ollama at {host} ended before it was complete. Nothing was stored; run the cell again.") from None
+            raise OllamaMagicError(f"The reply from Ollama at {redact_host(host)} ended before it was complete. Nothing was stored; run the cell again.") from None
         except Exception as exc:
             started = bool(view.reply.chunks)
             err = self._friendly(exc, model, started=started)
@@ -349,7 +321,7 @@ class OllamaMagics(Magics):
                     print(f"--out: the reply is not valid JSON; {args.out} holds the text instead.", file=sys.stderr)
             self.shell.user_ns[args.out] = value
         if args.code:
-            code = _first_code_block(content)
+            code = first_code_block(content)
             if code is None:
                 print("--code: the reply has no fenced code block.", file=sys.stderr)
             else:
@@ -459,296 +431,7 @@ class OllamaMagics(Magics):
         except (TypeError, ValueError) as exc:
             raise OllamaMagicError(f"--image {ref}: {exc}") from None
 
-    # -- line magic ----------------------------------------------------------
-    def _line(self, line: str) -> Any:
-        sub, _, rest = line.strip().partition(" ")
-        sub = sub or "help"
-        handler = getattr(self, f"_sub_{sub}", None) if sub.isidentifier() else None
-        if handler is None:
-            hint = did_you_mean(sub, _SUBCOMMANDS)
-            raise OllamaMagicError(f"unknown subcommand {sub!r}{hint}. See %ollama help.")
-        return handler(rest.strip())
-
-    def _sub_help(self, rest: str) -> None:
-        print(HELP)
-
-    def _sub_models(self, rest: str) -> None:
-        try:
-            models = self.client().list().models
-        except Exception as exc:
-            raise self._friendly(exc) from None
-        if not models:
-            print("No models installed. Run `ollama pull llama3.2` (or another model).")
-            return
-        rows = [(m.model or "", _size(m.size), m.modified_at.strftime("%Y-%m-%d %H:%M") if m.modified_at else "") for m in models]
-        width = max(len(r[0]) for r in rows)
-        for name, size, modified in rows:
-            print(f"{name:<{width}}  {size:>8}  {modified}")
-
-    def _sub_model(self, rest: str) -> str | None:
-        conv = self.store.active
-        if not rest:
-            current = conv.model or self.model or self._auto_model
-            print(f"{current or '(none chosen)'} (chat {conv.name!r})")
-            return None
-        name = rest.strip()
-        if not name or len(name.split()) != 1:
-            raise OllamaMagicError(f"a model name is one word, like llama3.2, not {rest!r}")
-        installed = self._installed_or_none()
-        if installed is not None and not any(chat._same_model(name, m) for m in installed):
-            hint = did_you_mean(name, installed)
-            raise OllamaMagicError(f"Model {name!r} is not installed{hint}. Installed: {', '.join(installed) or 'none'}. Run `ollama pull {name}`.")
-        self.store.set_model(name)
-        print(f"Model for chat {conv.name!r}: {name}")
-        return None
-
-    def _sub_system(self, rest: str) -> None:
-        conv = self.store.active
-        if rest == "--clear":
-            self.store.set_system(None)
-            print(f"System prompt of chat {conv.name!r} removed.")
-        elif rest:
-            self.store.set_system(rest)
-            print(f"System prompt of chat {conv.name!r} set.")
-        else:
-            print(conv.system or "(no system prompt)")
-
-    def _sub_options(self, rest: str) -> None:
-        conv = self.store.active
-        if rest == "--clear":
-            self.store.set_options({})
-        elif rest:
-            try:
-                pairs = _split(rest)
-            except ValueError as exc:
-                raise OllamaMagicError(f"cannot parse the options: {exc}") from None
-            new = dict(conv.options)
-            for key, value in parse_options(pairs).items():
-                if value is None:
-                    new.pop(key, None)
-                else:
-                    new[key] = value
-            self.store.set_options(new)
-        merged = {**self.options, **conv.options}
-        print(f"Options for chat {conv.name!r}: {json.dumps(merged) if merged else '(server defaults)'}")
-
-    def _sub_reset(self, rest: str) -> None:
-        n = self.store.reset()
-        print(f"Chat {self.store.active_name!r} emptied ({n} turn{'s' if n != 1 else ''}; undo with %ollama undo).")
-
-    def _sub_undo(self, rest: str) -> None:
-        if self.store.undo():
-            conv = self.store.active
-            print(f"Undone. Chat {conv.name!r} has {len(conv.turns)} turn{'s' if len(conv.turns) != 1 else ''}.")
-        else:
-            print(f"Nothing to undo in chat {self.store.active_name!r}.")
-
-    def _sub_last(self, rest: str) -> str | None:
-        return self.last_reply
-
-    def _sub_chats(self, rest: str) -> None:
-        rows = [("", "chat", "model", "turns", "tokens")]
-        for conv in self.store:
-            mark = "*" if conv.name == self.store.active_name else ""
-            rows.append((mark, conv.name, conv.model or self.model or "-", str(len(conv.turns)), str(conv.context_tokens)))
-        widths = [max(len(r[i]) for r in rows) for i in range(5)]
-        for r in rows:
-            print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-
-    def _sub_chat(self, rest: str) -> None:
-        name = rest.strip()
-        if not name:
-            print(self.store.active_name)
-            return
-        if name not in self.store:
-            hint = did_you_mean(name, self.store.names)
-            if hint:
-                raise OllamaMagicError(f"no chat {name!r}{hint}; to create it, use %%ollama -c {name}")
-            try:
-                self.store.create(name)
-            except StoreError as exc:
-                raise OllamaMagicError(str(exc)) from None
-            print(f"New chat {name!r} (now active).")
-            return
-        self.store.switch(name)
-        print(f"Chat {name!r} is active ({len(self.store.active.turns)} turns).")
-
-    def _sub_fork(self, rest: str) -> None:
-        try:
-            parts = _split(rest)
-        except ValueError as exc:
-            raise OllamaMagicError(f"cannot parse the arguments: {exc}") from None
-        at = None
-        if "--at" in parts:
-            i = parts.index("--at")
-            try:
-                at = int(parts[i + 1])
-            except (IndexError, ValueError):
-                raise OllamaMagicError("--at takes a number of turns, like --at 2") from None
-            del parts[i:i + 2]
-        if len(parts) != 1:
-            raise OllamaMagicError("usage: %ollama fork NEW [--at N]")
-        try:
-            conv = self.store.fork(parts[0], at=at)
-        except StoreError as exc:
-            raise OllamaMagicError(str(exc)) from None
-        print(f"Forked into chat {conv.name!r} with {len(conv.turns)} turns (now active).")
-
-    def _sub_save(self, rest: str) -> None:
-        from . import persist  # pydantic models: built only when files are touched
-
-        path = self._path_arg(rest, "save", "chats.json")
-        try:
-            target = persist.save(self.store, path)
-        except persist.FileError as exc:
-            raise OllamaMagicError(str(exc)) from None
-        print(f"Saved {len(self.store)} chat{'s' if len(self.store) != 1 else ''} to {target}.")
-
-    def _sub_load(self, rest: str) -> None:
-        from . import persist  # pydantic models: built only when files are touched
-
-        path = self._path_arg(rest, "load", "chats.json")
-        try:
-            names = persist.load(self.store, path)
-        except persist.FileError as exc:
-            raise OllamaMagicError(str(exc)) from None
-        print(f"Loaded {', '.join(names) or 'no chats'} from {path} (undo with %ollama undo); active: {self.store.active_name!r}.")
-
-    def _sub_export(self, rest: str) -> None:
-        from . import persist  # pydantic models: built only when files are touched
-
-        path = self._path_arg(rest, "export", "chat.md")
-        try:
-            target = persist.write_text(path, persist.export_markdown(self.store.active))
-        except persist.FileError as exc:
-            raise OllamaMagicError(str(exc)) from None
-        print(f"Exported chat {self.store.active_name!r} to {target}.")
-
-    def _path_arg(self, rest: str, verb: str, example: str) -> str:
-        try:
-            parts = _split(rest)
-        except ValueError as exc:
-            raise OllamaMagicError(f"cannot parse the path: {exc}") from None
-        if len(parts) != 1:
-            raise OllamaMagicError(f"usage: %ollama {verb} PATH (for example %ollama {verb} {example})")
-        return parts[0]
-
-    def _sub_fix(self, rest: str) -> None:
-        if self.last_error is None:
-            print("No cell has failed in this kernel yet; nothing to fix.")
-            return
-        args = self._parse(self.ollama, "--error " + rest)
-        self._turn(args, "")
-
-    def _sub_history(self, rest: str) -> Any:
-        from . import persist  # pydantic models: built only when files are touched
-
-        if self._is_rich():
-            from .widget import HistoryPanel
-
-            panel = HistoryPanel(self.store, list_models=self._installed_or_none,
-                                 default_model=lambda: self.model or self._auto_model,
-                                 context_window=self.context_window,
-                                 default_num_ctx=self.default_num_ctx, namespace=self.shell.user_ns)
-            self.panels.add(panel)  # closed (and unsubscribed) on unload
-            return panel
-        print(persist.export_markdown(self.store.active), end="")
-        return None
-
-    def _sub_config(self, rest: str) -> None:
-        host, source = self._host()
-        conv = self.store.active
-        lines = [
-            f"host            {host} ({source})",
-            f"model           {conv.model or self.model or self._auto_model or '(none chosen)'}",
-            f"chat            {conv.name} ({len(conv.turns)} turns, {len(self.store)} chats)",
-            f"options         {json.dumps({**self.options, **conv.options}) or '{}'}",
-            f"system prompt   {'set' if conv.system else 'none'}",
-            f"rerun           {self.rerun}",
-            f"timeout         {self.timeout:g} s",
-            f"default_num_ctx {self.default_num_ctx}",
-            f"max_tool_rounds {self.max_tool_rounds}",
-            f"headers         {', '.join(sorted(self.headers)) or 'none'} (values hidden)",
-            f"api key         {'set (OLLAMA_API_KEY, hidden)' if os.environ.get('OLLAMA_API_KEY') else 'none'}",
-        ]
-        print("\n".join(lines))
-
-
-_TOKEN = re.compile(r"""(?:"(?:[^"\\]|\\.)*"|'[^']*'|[^\s"'])+""")
-_QUOTED = re.compile(r"""^((?:-[-\w]*|[A-Za-z_]\w*)=)?("(?:[^"\\]|\\.)*"|'[^']*')$""")
-
-
-def _split(text: str) -> list[str]:
-    """Split like a shell, but keep quotes that are part of a value.
-
-    `--system "Be terse."` loses its quotes; `-o stop=["x"]` keeps them, so
-    JSON values can be typed as they are.
-    """
-    tokens = _TOKEN.findall(text)
-    if _TOKEN.sub("", text).strip():  # only an unclosed quote is left over
-        raise ValueError("a quote is not closed")
-    out = []
-    for tok in tokens:
-        m = _QUOTED.match(tok)
-        if m:
-            inner = m.group(2)[1:-1]
-            if m.group(2)[0] == '"':
-                # As in a POSIX shell, only \" and \\ are escapes: C:\Users stays.
-                inner = re.sub(r'\\(["\\])', r"\1", inner)
-            tok = (m.group(1) or "") + inner
-        out.append(tok)
-    return out
-
 
 def _keep(system: str | None) -> str | None | _Keep:
     """--system given (even empty, to clear) changes the prompt; absent keeps it."""
     return KEEP if system is None else system
-
-
-def _size(n: int | None) -> str:
-    if not n:
-        return ""
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
-        size /= 1000
-    return str(n)
-
-
-_SUBCOMMANDS = ["help", "models", "model", "system", "options", "chats", "chat", "history", "reset",
-                "undo", "save", "load", "export", "fix", "fork", "last", "config"]
-
-HELP = """\
-%%ollama [options]        the cell is your message; each cell continues the chat
-  -m/--model NAME         model for this turn (then the chat's model)
-  -c/--chat NAME          use (or create) a named chat and make it active
-  --system TEXT           set the chat's system prompt
-  --new                   start the chat afresh (undoable)
-  --once                  ask with the history, store nothing
-  -o KEY=VALUE            Ollama option for this turn (repeatable): -o num_ctx=8192
-  -t/--temperature X      shorthand for -o temperature=X
-  --format json|VAR       JSON mode, or a JSON schema (dict or pydantic model) in VAR
-  --think [high|medium|low]  ask for thinking; shown collapsed, stored with the reply
-  --image PATH|VAR        attach an image file, bytes, PIL image or matplotlib figure
-  --tools NAME[,NAME]     let the model call these functions of the notebook
-  --error                 include the last failing cell and its traceback
-  --out VAR               also put the reply (or parsed JSON) into VAR
-  --no-stream             one request without streaming
-  --code                  put the reply's first code block into the next cell
-  {name} in the cell is replaced by the variable's value; {{name}} keeps the braces.
-
-%ollama models            models on the server
-%ollama model [NAME]      show / set the active chat's model
-%ollama system [TEXT|--clear]   show / set / remove the system prompt
-%ollama options [KEY=VALUE ...|--clear]   the chat's default options (KEY=null removes)
-%ollama chats             list chats;  %ollama chat NAME  switches (or creates)
-%ollama history           the history panel (a transcript in a terminal)
-%ollama reset             empty the active chat (undoable)
-%ollama undo              undo the last change to the active chat
-%ollama save PATH         save all chats as JSON;  %ollama load PATH  adds them back
-%ollama export PATH.md    the active chat as Markdown
-%ollama fix               ask why the last failing cell failed
-%ollama fork NEW [--at N] copy the active chat (or its first N turns) into a new chat
-%ollama last              the last reply as a string (x = %ollama last)
-%ollama config            effective settings"""

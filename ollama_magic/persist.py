@@ -161,10 +161,12 @@ def read(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> tuple
         if source.exists() and not source.is_file():
             # A FIFO or a device (/dev/zero) would block or never end.
             raise FileError(f"{source} is not a regular file, not a saved chat file")
-        with source.open("rb") as fh:
-            raw = fh.read(limit + 1)  # bounded even if the size changes under us
-        if len(raw) > limit:
-            size = max(source.stat().st_size, len(raw))
+        size = source.stat().st_size
+        if size <= limit:
+            with source.open("rb") as fh:
+                raw = fh.read(limit + 1)  # bounded even if the file grows under us
+            size = max(size, len(raw))
+        if size > limit:
             raise FileError(f"{source} is {size:,} bytes, over the {limit:,}-byte limit for chat files")
     except FileNotFoundError:
         raise FileError(f"no file {source}; check the path (relative paths start at {Path.cwd()})") from None
@@ -180,7 +182,7 @@ def read(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> tuple
         raise FileError(f"{source} is not a valid chat file: nested too deeply") from None
     if not isinstance(data, dict) or data.get("format") != "ollama_magic":
         raise FileError(f"{source} is not an ollama_magic chat file (save one with %ollama save)")
-    if data.get("version") != FORMAT_VERSION:
+    if type(data.get("version")) is not int or data["version"] != FORMAT_VERSION:  # (True == 1 in Python)
         raise FileError(
             f"{source} has format version {data.get('version')!r}; this ollama_magic reads version {FORMAT_VERSION}"
         )

@@ -327,7 +327,7 @@ class NotebookView(View):
         from IPython.display import display
 
         self._interval = 1.0 / rate if rate > 0 else 0.0
-        self._last = 0.0
+        self._next = 0.0  # no redraw before this time.monotonic()
         self._dirty = False
         self.updates = 0
         # Shown at once so the cell visibly works while the model loads.
@@ -336,9 +336,13 @@ class NotebookView(View):
     def update(self, reply: Reply) -> None:
         self.reply = reply
         now = time.monotonic()
-        if now - self._last >= self._interval:
+        if now >= self._next:
             self._push(self._bundle(streaming=True))
-            self._last = now
+            done = time.monotonic()
+            # A redraw costs more as the reply grows. Spending at most a fifth
+            # of the time on it keeps a long reply linear: were redraws slower
+            # than the interval, every chunk would redraw the whole reply.
+            self._next = done + max(self._interval - (done - now), 4 * (done - now))
             self._dirty = False
         else:
             self._dirty = True
@@ -416,7 +420,8 @@ class TerminalView(View):
 
     def tool(self, name: str, arguments: Mapping[str, Any], result: str, ok: bool) -> None:
         super().tool(name, arguments, result, ok)
-        self.out.write(f"\n[tool] {self._tool_lines()[-1]}\n")
+        lead = "\n" if self._printed or self._thought else ""  # start a line of its own
+        self.out.write(f"{lead}[tool] {self._tool_lines()[-1]}\n")
 
     def finish(self, footer: str, *, ignored_calls: list[dict[str, Any]] | None = None) -> None:
         self.update(self.reply)

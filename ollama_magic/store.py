@@ -313,6 +313,8 @@ class ConversationStore:
             return False
         snap = stack.pop()
         if snap is None:  # the chat was created by a load: undo removes it
+            if len(self._chats) == 1:
+                return False  # but never the last chat: a store always has one
             self._remove(name)
             return True
         conv = self._chats[name]
