@@ -6,6 +6,7 @@ Kept apart from the magics so it can be tested (and fuzzed) on its own.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -20,13 +21,20 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name}, which is not a number Ollama accepts")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 overflows to inf without calling parse_constant
+        raise ValueError(f"{text}, which is not a number Ollama accepts")
+    return value
+
+
 def json_value(key: str, raw: str) -> Any:
     """`-o KEY=VALUE`: JSON when it parses; JSON-looking text that does not is an error.
 
     NaN and Infinity are refused: they parse, but no JSON encoder sends them.
     """
     try:
-        return json.loads(raw, parse_constant=_no_constant)
+        return json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
     except ValueError as exc:
         if "not a number" in str(exc):
             raise OllamaMagicError(f"option {key}: {raw!r} holds {exc}; use a finite number") from None

@@ -320,7 +320,7 @@ def _ignored_lines(calls: list[dict[str, Any]] | None) -> list[str]:
 
 
 class NotebookView(View):
-    """One display handle per reply, updated at most `rate` times a second."""
+    """One display handle per reply, updated at most `rate` times a second (less when redraws get slow)."""
 
     def __init__(self, model: str, *, rate: float = 15.0) -> None:
         super().__init__(model)

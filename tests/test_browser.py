@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -46,7 +47,9 @@ from ollama_magic.testing import OllamaTestServer  # noqa: E402
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
-SCREENSHOT = ROOT / "docs" / "panel.png"
+# The README's picture is refreshed only on request, so a test run leaves the tree clean:
+# OLLAMA_MAGIC_SCREENSHOT=docs/panel.png python -m pytest tests/test_browser.py
+SCREENSHOT = Path(os.environ.get("OLLAMA_MAGIC_SCREENSHOT") or Path(tempfile.gettempdir()) / "ollama_magic_panel.png")
 NOTEBOOK = "browser_test"
 CELLS = [
     "%load_ext ollama_magic",
