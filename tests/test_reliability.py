@@ -437,7 +437,7 @@ try:
         renderer=mistune.HTMLRenderer(escape=False, allow_harmful_protocols=True),
         plugins=["table", "strikethrough", "url"],
     )
-except ImportError:  # pragma: no cover - nbconvert brings it with the test extras
+except ImportError:  # pragma: no cover - the test extra installs it
     _render_html = None
 
 _LIVE_TAG = re.compile(r"<(script|img|iframe|style|svg|object|embed|form|link|meta|base|math)\b", re.IGNORECASE)
