@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -79,3 +81,12 @@ def magics_of(ip: InteractiveShell) -> Any:
 def run(ip: InteractiveShell, source: str, cell_id: str | None = None) -> Any:
     """Run a cell like a kernel does (with a cell id when given)."""
     return ip.run_cell(source, store_history=True, cell_id=cell_id)
+
+
+def interrupt_main_after(delay: float) -> threading.Timer:
+    """Deliver a real SIGINT to the main thread, as Ctrl-C / the stop button does."""
+    main = threading.main_thread().ident
+    assert main is not None
+    timer = threading.Timer(delay, signal.pthread_kill, (main, signal.SIGINT))
+    timer.start()
+    return timer

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
-from typing import Any
 
 import pytest
 from IPython.core.error import UsageError
@@ -151,18 +149,14 @@ def test_image_from_bytes_variable(shell, ollama_server):
     assert "I see 1 image" in magics_of(shell).store.active.turns[-1].reply["content"]
 
 
-def test_image_from_matplotlib_figure(shell, ollama_server):
-    pytest.importorskip("matplotlib")
-    run(shell, "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\nfig, ax = plt.subplots(figsize=(1, 1))\nax.plot([1, 2])")
-    run(shell, "%%ollama --image fig\ndescribe the plot")
-    data = base64.b64decode(ollama_server.last_chat()["messages"][-1]["images"][0])
-    assert data.startswith(b"\x89PNG")
-
-
-def test_image_from_pil(shell, ollama_server):
-    pytest.importorskip("PIL")
-    run(shell, "from PIL import Image\nim = Image.new('RGB', (4, 4), 'red')")
-    run(shell, "%%ollama --image im\ncolour?")
+@pytest.mark.parametrize("setup", [
+    "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n"
+    "img, ax = plt.subplots(figsize=(1, 1))\nax.plot([1, 2])",
+    "from PIL import Image\nimg = Image.new('RGB', (4, 4), 'red')",
+], ids=["matplotlib", "PIL"])
+def test_image_from_figure_or_pil_image(shell, ollama_server, setup):
+    assert run(shell, setup).success
+    run(shell, "%%ollama --image img\ndescribe it")
     data = base64.b64decode(ollama_server.last_chat()["messages"][-1]["images"][0])
     assert data.startswith(b"\x89PNG")
 

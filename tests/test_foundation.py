@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import signal
-import threading
 import time
 from typing import Any
 
 import pytest
 from IPython.core.error import UsageError
 
-from conftest import magics_of, run
+from conftest import interrupt_main_after, magics_of, run
 
 
 def chat_bodies(server: Any) -> list[dict[str, Any]]:
@@ -130,14 +128,6 @@ def test_timeout_before_first_token(shell, ollama_server):
     assert magics_of(shell).store.active.turns == []
 
 
-def _interrupt_soon(delay: float) -> threading.Timer:
-    main = threading.main_thread().ident
-    assert main is not None
-    timer = threading.Timer(delay, signal.pthread_kill, (main, signal.SIGINT))
-    timer.start()
-    return timer
-
-
 def test_interrupt_keeps_partial_reply_marked(shell, ollama_server, capsys):
     ollama_server.token_delay = 0.01
     ollama_server.reply_tokens = 400
@@ -145,7 +135,7 @@ def test_interrupt_keeps_partial_reply_marked(shell, ollama_server, capsys):
     ollama_server.reset()
     ollama_server.token_delay = 0.02
     ollama_server.reply_tokens = 400
-    timer = _interrupt_soon(0.4)
+    timer = interrupt_main_after(0.4)
     res = run(shell, "%%ollama\nlong answer please")
     timer.join()
     assert isinstance(res.error_in_exec, KeyboardInterrupt)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from IPython.core.error import UsageError
 
-from conftest import magics_of, run
+from conftest import interrupt_main_after, magics_of, run
 from ollama_magic import persist, testing
 from ollama_magic.render import NotebookView, TerminalView, safe_markdown
 from ollama_magic.store import ConversationStore, Event
@@ -63,15 +62,6 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 3.0) -> bool:
             return False
         time.sleep(0.01)
     return True
-
-
-def interrupt_main_after(delay: float) -> threading.Timer:
-    """Deliver a real SIGINT to the main thread, as Ctrl-C / the stop button does."""
-    main = threading.main_thread().ident
-    assert main is not None
-    timer = threading.Timer(delay, signal.pthread_kill, (main, signal.SIGINT))
-    timer.start()
-    return timer
 
 
 @pytest.fixture

@@ -20,11 +20,9 @@ import ollama
 import pytest
 from pydantic import BaseModel
 
-from ollama_magic.testing import (  # noqa: F401  (fixtures are used by name)
+from ollama_magic.testing import (
     MID_STREAM_ERROR,
     OllamaTestServer,
-    _ollama_server_session,
-    ollama_server,
     start_server,
 )
 
