@@ -79,6 +79,10 @@ def check_common(cells: dict[str, Any]) -> None:
     assert "I saw 5 messages" in text(cells["ask-again"])
     assert "I saw 2 messages. You said: Who are you?" in text(cells["pirate"])  # system prompt + question
     assert "Chat 'default' is active" in text(cells["switch"])
+    assert "Forked into chat 'what-if' with 1 turns" in text(cells["fork"])
+    assert "I saw 3 messages. You said: Explain the same idea" in text(cells["fork-ask"])  # turn 1 + question
+    assert re.search(r"\* +what-if +\S+ +2 ", text(cells["fork-back"]))
+    assert "Chat 'default' is active" in text(cells["fork-back"])
     assert "list comprehensions" in text(cells["interpolate"]) and "143" in text(cells["interpolate"])
     assert text(cells["validate"]).startswith("City(name=")
     assert "def fib(n):" in text(cells["code"])
@@ -87,9 +91,9 @@ def check_common(cells: dict[str, Any]) -> None:
     assert "rectangle_area(width=3, height=4) → 12" in text(cells["tools"])
     assert "I see 1 image(s)" in text(cells["image"])
     assert "KeyError: 'banana'" in text(cells["fix"])
-    assert "Saved 2 chats" in text(cells["save"])
+    assert "Saved 3 chats" in text(cells["save"])
     assert re.search(r"\* +default +llama3\.2:latest +0 ", text(cells["save"]))  # reset emptied it
-    assert "Loaded default, pirate" in text(cells["load-chats"])
+    assert "Loaded default, pirate, what-if" in text(cells["load-chats"])
     export = text(cells["export"])
     assert "## 1. User\n\nExplain Python generators" in export  # the edit from the panel
     assert "You said: Explain Python decorators" in export
@@ -104,11 +108,13 @@ def test_examples_against_the_test_server(ollama_server: Any, tmp_path: Path) ->
     check_common(cells)
     assert re.search(rf"host +{re.escape(ollama_server.host)} \(from OLLAMA_HOST\)", text(cells["config"]))
     chats = ollama_server.chat_requests()
-    assert len(chats) == 13
+    assert len(chats) == 14
     asked_again = next(c for c in chats if c["messages"][-1]["content"] == "What was my first question?")
     assert asked_again["messages"][0] == {"role": "user", "content": "Explain Python generators in two sentences."}
     pirate = next(c for c in chats if c["messages"][-1]["content"] == "Who are you?")
     assert pirate["messages"][0]["role"] == "system"
+    branch = next(c for c in chats if c["messages"][-1]["content"].startswith("Explain the same idea"))
+    assert [m["role"] for m in branch["messages"]] == ["user", "assistant", "user"]
     assert not list(tmp_path.glob("*.json")) and not list(tmp_path.glob("*.md"))
 
 
