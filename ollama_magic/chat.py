@@ -13,9 +13,9 @@ import inspect
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import ollama
 
@@ -159,7 +159,8 @@ def send(client: ollama.Client, req: ChatRequest, reply: Reply,
         if on_update:
             on_update(reply)
         return reply
-    stream = client.chat(stream=True, **kwargs)
+    # The client returns a generator: closing it closes the HTTP stream.
+    stream = cast("Generator[ollama.ChatResponse, None, None]", client.chat(stream=True, **kwargs))
     try:
         for chunk in stream:
             reply._take(chunk)

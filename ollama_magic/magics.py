@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import ollama
+from ollama import Client, ResponseError
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
@@ -33,7 +33,7 @@ from .errors import OllamaMagicError, did_you_mean, redact_host, translate
 from .interpolate import interpolate
 from .parsing import first_code_block, parse_options, split_args
 from .render import NotebookView, TerminalView, View, footer_text
-from .store import KEEP, ConversationStore, StoreError, Turn, TurnMeta, _Keep
+from .store import KEEP, ConversationStore, Rerun, StoreError, Turn, TurnMeta, _Keep
 
 __all__ = ["OllamaMagics"]
 
@@ -130,13 +130,13 @@ class OllamaMagics(Subcommands, Magics):
             return env, "from OLLAMA_HOST"
         return DEFAULT_HOST, "the default; OLLAMA_HOST is not set"
 
-    def client(self) -> ollama.Client:
+    def client(self) -> Client:
         return chat.client_for(self._host()[0], dict(self.headers), self.timeout)
 
     def _friendly(self, exc: BaseException, model: str = "", *, started: bool = False) -> OllamaMagicError:
         host, source = self._host()
         installed = None
-        if isinstance(exc, ollama.ResponseError) and exc.status_code == 404:
+        if isinstance(exc, ResponseError) and exc.status_code == 404:
             installed = self._installed_or_none()
         err = translate(exc, host=host, host_source=source, model=model, installed=installed,
                         timeout=self.timeout, started=started)
@@ -212,14 +212,14 @@ class OllamaMagics(Subcommands, Magics):
     def _parse(self, func: Callable[..., Any], line: str) -> Any:
         try:
             # POSIX quoting, so --system "Be terse." arrives without its quotes.
-            return func.parser.parse_args(split_args(line))
+            return getattr(func, "parser").parse_args(split_args(line))
         except ValueError as exc:  # shlex: unbalanced quotes
             raise OllamaMagicError(f"cannot parse the options: {exc}") from None
         except UsageError as exc:
             msg = str(exc)
             hint = ""
             if m := re.search(r"unrecognized arguments: (\S+)", msg):
-                hint = did_you_mean(m.group(1).split("=")[0], func.parser._option_string_actions)
+                hint = did_you_mean(m.group(1).split("=")[0], getattr(func, "parser")._option_string_actions)
             raise OllamaMagicError(f"{msg}{hint}. See %ollama help.") from None
 
     # -- one turn ----------------------------------------------------------
@@ -259,7 +259,7 @@ class OllamaMagics(Subcommands, Magics):
         options.update(turn_opts)
         model = self.resolve_model(args.model)
         cell_id = None if args.once else self.cell_id
-        base = 0 if args.new else store.base_for(cell_id, rerun=self.rerun)
+        base = 0 if args.new else store.base_for(cell_id, rerun=self._rerun)
         system = conv.system if args.system is None else (args.system or None)
         messages = conv.history(base, system=system)
         request = chat.ChatRequest(model, messages + [user], options or None, fmt,
@@ -300,7 +300,7 @@ class OllamaMagics(Subcommands, Magics):
             # means Ollama dropped messages; judge against the history as it was.
             grew = base == len(conv.turns) and not args.new and not any(t.meta.edited for t in conv.turns)
             prior = max((t.meta.prompt_eval_count or 0 for t in conv.turns[:base]), default=0) if grew else 0
-            done = store.commit(turn, rerun=self.rerun, model=args.model or None,
+            done = store.commit(turn, rerun=self._rerun, model=args.model or None,
                                 system=_keep(args.system), fresh=args.new)
             notes += self._context_notes(meta.prompt_eval_count, prior, client, model, options)
             if done.dropped:
@@ -337,19 +337,22 @@ class OllamaMagics(Subcommands, Magics):
             return
         meta = self._meta(reply.stats, cell_id, model, "interrupted", {})
         turn = Turn((user, reply.message(with_tool_calls=False)), meta)
-        self.store.commit(turn, rerun=self.rerun, model=args.model or None, system=_keep(args.system), fresh=args.new)
+        self.store.commit(turn, rerun=self._rerun, model=args.model or None, system=_keep(args.system), fresh=args.new)
         self.last_reply = reply.content
         view.finish(footer_text(model, reply.stats, seconds, ["interrupted", "partial reply kept"]))
 
     def _meta(self, stats: Mapping[str, Any], cell_id: str | None, model: str, status: str,
               options: Mapping[str, Any]) -> TurnMeta:
-        return TurnMeta(cell_id=cell_id, model=model, status=status,  # type: ignore[arg-type]
-                        num_ctx=options.get("num_ctx"),
-                        **{k: stats.get(k) for k in ("done_reason", "prompt_eval_count", "eval_count",
-                                                     "total_duration", "load_duration",
-                                                     "prompt_eval_duration", "eval_duration")})
+        num_ctx = options.get("num_ctx")
+        return TurnMeta(
+            cell_id=cell_id, model=model, status="interrupted" if status == "interrupted" else "ok",
+            done_reason=stats.get("done_reason"), prompt_eval_count=stats.get("prompt_eval_count"),
+            eval_count=stats.get("eval_count"), total_duration=stats.get("total_duration"),
+            load_duration=stats.get("load_duration"), prompt_eval_duration=stats.get("prompt_eval_duration"),
+            eval_duration=stats.get("eval_duration"), num_ctx=num_ctx if isinstance(num_ctx, int) else None,
+        )
 
-    def _context_notes(self, prompt: int | None, prior: int, client: ollama.Client,
+    def _context_notes(self, prompt: int | None, prior: int, client: Client,
                        model: str, options: Mapping[str, Any]) -> list[str]:
         """Ollama drops the oldest messages silently past num_ctx; say so."""
         if not self.warn_context or not prompt:
@@ -364,7 +367,11 @@ class OllamaMagics(Subcommands, Magics):
             return [f"⚠ prompt shrank to {prompt} tokens from {prior}: Ollama is dropping old messages; {fix}"]
         return []
 
-    def context_window(self, model: str, client: ollama.Client | None = None) -> int | None:
+    @property
+    def _rerun(self) -> Rerun:
+        return "append" if self.rerun == "append" else "rewind"
+
+    def context_window(self, model: str, client: Client | None = None) -> int | None:
         """The server's window for `model`, asked at most once a minute."""
         key = (self._host()[0], model)
         hit = self._windows.get(key)

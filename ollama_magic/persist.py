@@ -85,7 +85,7 @@ class SaveFile(_Strict):
     """The whole file: `{"format": "ollama_magic", "version": 1, ...}`."""
 
     format: Literal["ollama_magic"] = "ollama_magic"
-    version: Literal[1] = FORMAT_VERSION
+    version: Literal[1] = 1  # FORMAT_VERSION
     active: str
     chats: list[_Chat]
 
