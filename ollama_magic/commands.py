@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import OllamaMagicError, did_you_mean, redact_host
 from .parsing import parse_options, split_args
 from .chat import _same_model
-from .store import ConversationStore, StoreError
+from .store import ConversationStore
 
 if TYPE_CHECKING:
     import ollama
@@ -107,12 +107,8 @@ class Subcommands:
         if rest == "--clear":
             self.store.set_options({})
         elif rest:
-            try:
-                pairs = split_args(rest)
-            except ValueError as exc:
-                raise OllamaMagicError(f"cannot parse the options: {exc}") from None
             new = dict(conv.options)
-            for key, value in parse_options(pairs).items():
+            for key, value in parse_options(split_args(rest)).items():
                 if value is None:
                     new.pop(key, None)
                 else:
@@ -153,20 +149,14 @@ class Subcommands:
             hint = did_you_mean(name, self.store.names)
             if hint:
                 raise OllamaMagicError(f"no chat {name!r}{hint}; to create it, use %%ollama -c {name}")
-            try:
-                self.store.create(name)
-            except StoreError as exc:
-                raise OllamaMagicError(str(exc)) from None
+            self.store.create(name)
             print(f"New chat {name!r} (now active).")
             return
         self.store.switch(name)
         print(f"Chat {name!r} is active ({len(self.store.active.turns)} turns).")
 
     def _sub_fork(self, rest: str) -> None:
-        try:
-            parts = split_args(rest)
-        except ValueError as exc:
-            raise OllamaMagicError(f"cannot parse the arguments: {exc}") from None
+        parts = split_args(rest)
         at = None
         if "--at" in parts:
             i = parts.index("--at")
@@ -177,10 +167,7 @@ class Subcommands:
             del parts[i:i + 2]
         if len(parts) != 1:
             raise OllamaMagicError("usage: %ollama fork NEW [--at N]")
-        try:
-            conv = self.store.fork(parts[0], at=at)
-        except StoreError as exc:
-            raise OllamaMagicError(str(exc)) from None
+        conv = self.store.fork(parts[0], at=at)
         print(f"Forked into chat {conv.name!r} with {len(conv.turns)} turns (now active).")
 
     def _sub_save(self, rest: str) -> None:
@@ -214,10 +201,7 @@ class Subcommands:
         print(f"Exported chat {self.store.active_name!r} to {target}.")
 
     def _path_arg(self, rest: str, verb: str, example: str) -> str:
-        try:
-            parts = split_args(rest)
-        except ValueError as exc:
-            raise OllamaMagicError(f"cannot parse the path: {exc}") from None
+        parts = split_args(rest)
         if len(parts) != 1:
             raise OllamaMagicError(f"usage: %ollama {verb} PATH (for example %ollama {verb} {example})")
         return parts[0]

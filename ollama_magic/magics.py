@@ -205,16 +205,15 @@ class OllamaMagics(Subcommands, Magics):
             if cell is None:
                 return self._line(line)
             return self._turn(self._parse(self.ollama, line), cell)
-        except OllamaMagicError as exc:
-            # IPython prints one line only for UsageError itself, not subclasses.
+        except (OllamaMagicError, StoreError) as exc:
+            # IPython prints one line only for UsageError itself, not subclasses;
+            # the store's errors (unknown chat, name taken, ...) are the user's too.
             raise UsageError(str(exc)) from None
 
     def _parse(self, func: Callable[..., Any], line: str) -> Any:
         try:
             # POSIX quoting, so --system "Be terse." arrives without its quotes.
             return getattr(func, "parser").parse_args(split_args(line))
-        except ValueError as exc:  # shlex: unbalanced quotes
-            raise OllamaMagicError(f"cannot parse the options: {exc}") from None
         except UsageError as exc:
             msg = str(exc)
             hint = ""
@@ -246,14 +245,7 @@ class OllamaMagics(Subcommands, Magics):
         if args.out and not args.out.isidentifier():
             raise OllamaMagicError(f"--out needs a variable name, not {args.out!r}")
         if args.chat:
-            name = args.chat.strip()
-            if name not in store:
-                try:
-                    store.create(name)
-                except StoreError as exc:
-                    raise OllamaMagicError(str(exc)) from None
-            else:
-                store.switch(name)
+            store.switch(args.chat.strip(), create=True)
         conv = store.active
         options.update(conv.options)
         options.update(turn_opts)

@@ -70,7 +70,7 @@ def split_args(text: str) -> list[str]:
     """
     tokens = _TOKEN.findall(text)
     if _TOKEN.sub("", text).strip():  # only an unclosed quote is left over
-        raise ValueError("a quote is not closed")
+        raise OllamaMagicError("cannot parse the line: a quote is not closed")
     out = []
     for tok in tokens:
         m = _QUOTED.match(tok)
