@@ -8,6 +8,7 @@ host that is not a URL at all is refused here, as the client is built).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import json
@@ -188,8 +189,7 @@ def converse(client: ollama.Client, req: ChatRequest, sink: Sink, *,
     while True:
         reply = Reply()
         sink.begin(reply)  # the caller keeps the partial reply if this round fails
-        send(client, ChatRequest(req.model, base + exchange, req.options, req.format,
-                                 req.think, req.tools, req.stream), reply, sink.update)
+        send(client, dataclasses.replace(req, messages=base + exchange), reply, sink.update)
         eval_total += reply.stats.get("eval_count") or 0
         if not (reply.tool_calls and req.tools):
             if exchange:

@@ -33,7 +33,7 @@ from .errors import OllamaMagicError, did_you_mean, redact_host, translate
 from .interpolate import interpolate
 from .parsing import first_code_block, parse_options, split_args
 from .render import NotebookView, TerminalView, View, footer_text
-from .store import KEEP, ConversationStore, Rerun, StoreError, Turn, TurnMeta, _Keep
+from .store import KEEP, Commit, ConversationStore, Rerun, StoreError, Turn, TurnMeta, _Keep
 
 __all__ = ["OllamaMagics"]
 
@@ -145,7 +145,7 @@ class OllamaMagics(Subcommands, Magics):
     def _installed_or_none(self) -> list[str] | None:
         try:
             return chat.installed_models(self.client())
-        except Exception:
+        except Exception:  # only a hint wherever it is used (and _friendly calls this)
             return None
 
     def installed(self) -> list[str]:
@@ -264,7 +264,7 @@ class OllamaMagics(Subcommands, Magics):
         try:
             exchange, reply = chat.converse(client, request, view, max_tool_rounds=self.max_tool_rounds)
         except KeyboardInterrupt:
-            self._interrupted(view, args, user, cell_id, model, system, started_at)
+            self._interrupted(view, args, user, cell_id, model, started_at)
             raise
         except chat.ToolRoundsExceeded as exc:
             view.finish(footer_text(model, {}, time.perf_counter() - started_at, ["stopped: too many tool rounds"]))
@@ -291,9 +291,8 @@ class OllamaMagics(Subcommands, Magics):
             # A prompt smaller than an earlier one of a history that only grew
             # means Ollama dropped messages; judge against the history as it was.
             grew = base == len(conv.turns) and not args.new and not any(t.meta.edited for t in conv.turns)
-            prior = max((t.meta.prompt_eval_count or 0 for t in conv.turns[:base]), default=0) if grew else 0
-            done = store.commit(turn, rerun=self._rerun, model=args.model or None,
-                                system=_keep(args.system), fresh=args.new)
+            prior = conv.max_prompt if grew else 0
+            done = self._commit(turn, args)
             notes += self._context_notes(meta.prompt_eval_count, prior, client, model, options)
             if done.dropped:
                 notes.append(f"rewound {done.dropped} later turn{'s' if done.dropped != 1 else ''} (undo with %ollama undo)")
@@ -320,7 +319,7 @@ class OllamaMagics(Subcommands, Magics):
                 self.shell.set_next_input(code, replace=False)
 
     def _interrupted(self, view: View, args: Any, user: dict[str, Any], cell_id: str | None,
-                     model: str, system: str | None, started_at: float) -> None:
+                     model: str, started_at: float) -> None:
         """Keep what arrived, marked; a half tool exchange is not a valid history."""
         reply = view.reply
         seconds = time.perf_counter() - started_at
@@ -329,9 +328,14 @@ class OllamaMagics(Subcommands, Magics):
             return
         meta = self._meta(reply.stats, cell_id, model, "interrupted", {})
         turn = Turn((user, reply.message(with_tool_calls=False)), meta)
-        self.store.commit(turn, rerun=self._rerun, model=args.model or None, system=_keep(args.system), fresh=args.new)
+        self._commit(turn, args)
         self.last_reply = reply.content
         view.finish(footer_text(model, reply.stats, seconds, ["interrupted", "partial reply kept"]))
+
+    def _commit(self, turn: Turn, args: Any) -> Commit:
+        """Store a turn with the cell's -m, --system and --new, as one undo step."""
+        return self.store.commit(turn, rerun=self._rerun, model=args.model or None,
+                                 system=_keep(args.system), fresh=args.new)
 
     def _meta(self, stats: Mapping[str, Any], cell_id: str | None, model: str, status: str,
               options: Mapping[str, Any]) -> TurnMeta:
