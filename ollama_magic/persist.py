@@ -105,7 +105,7 @@ def dump(store: ConversationStore) -> dict[str, Any]:
             "options": conv.options,
             "turns": [
                 {"messages": [_message_out(m) for m in t.messages],
-                 "meta": {k: v for k, v in vars(t.meta).items()}}
+                 "meta": dict(vars(t.meta))}
                 for t in conv.turns
             ],
         })
