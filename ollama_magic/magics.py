@@ -290,7 +290,7 @@ class OllamaMagics(Subcommands, Magics):
             turn = Turn((user, *exchange, reply_msg), meta)
             # A prompt smaller than an earlier one of a history that only grew
             # means Ollama dropped messages; judge against the history as it was.
-            grew = base == len(conv.turns) and not args.new and not any(t.meta.edited for t in conv.turns)
+            grew = base == len(conv.turns) and not args.new and not conv.edited
             prior = conv.max_prompt if grew else 0
             done = self._commit(turn, args)
             notes += self._context_notes(meta.prompt_eval_count, prior, client, model, options)

@@ -105,7 +105,7 @@ def dump(store: ConversationStore) -> dict[str, Any]:
             "options": conv.options,
             "turns": [
                 {"messages": [_message_out(m) for m in t.messages],
-                 "meta": dict(vars(t.meta))}
+                 "meta": t.meta.to_dict()}
                 for t in conv.turns
             ],
         })

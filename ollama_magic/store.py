@@ -14,6 +14,13 @@ Rules the store keeps:
 * Turns are immutable once stored; an edit stores a new `Turn`. That makes an
   undo snapshot a cheap tuple of references instead of a deep copy.
 * Every change is undoable (a bounded stack per chat) and emits one `Event`.
+
+Cost per turn does not grow with the chat: a `Conversation` keeps an index
+cell id -> turn positions, the wire messages of every turn (so `history()` is
+one list slice), and running prefix figures (largest prompt, context held),
+all updated by the one primitive that changes turns (`_splice`, O(changed
+turns)). An undo step stores only the suffix of turns a change replaced, so
+undoing an append is O(1) and a snapshot costs O(changed turns) of memory.
 """
 
 from __future__ import annotations
@@ -22,9 +29,9 @@ import copy
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal, overload
 
 __all__ = [
     "Commit",
@@ -36,6 +43,7 @@ __all__ = [
     "StoreError",
     "Turn",
     "TurnMeta",
+    "TurnsView",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,7 +71,7 @@ class StoreError(ValueError):
     """A request the store cannot honour (unknown chat, bad index, ...)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TurnMeta:
     """What we know about a turn besides its messages; never sent to Ollama."""
 
@@ -81,8 +89,15 @@ class TurnMeta:
     num_ctx: int | None = None  # the context window in force when it ran
     edited: bool = False
 
+    def to_dict(self) -> dict[str, Any]:
+        """The fields by name, in declaration order (what a save file holds)."""
+        return {name: getattr(self, name) for name in _META_FIELDS}
 
-@dataclass(frozen=True)
+
+_META_FIELDS = tuple(f.name for f in fields(TurnMeta))
+
+
+@dataclass(frozen=True, slots=True)
 class Turn:
     """One exchange: `messages[0]` is the user's, `messages[-1]` the reply."""
 
@@ -119,16 +134,136 @@ class Turn:
                 yield {k: v for k, v in msg.items() if k not in _UNSENT_KEYS}
 
 
-@dataclass
+class TurnsView(Sequence[Turn]):
+    """A chat's turns, read-only: every change goes through the store, which
+    keeps the conversation's index in step (compares equal to a list of turns)."""
+
+    __slots__ = ("_list",)
+
+    def __init__(self, turns: list[Turn]) -> None:
+        self._list = turns
+
+    def __len__(self) -> int:
+        return len(self._list)
+
+    @overload
+    def __getitem__(self, index: int) -> Turn: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Turn]: ...
+
+    def __getitem__(self, index: int | slice) -> Turn | list[Turn]:
+        return self._list[index]
+
+    def __iter__(self) -> Iterator[Turn]:
+        return iter(self._list)
+
+    def __reversed__(self) -> Iterator[Turn]:
+        return reversed(self._list)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, TurnsView):
+            return self._list == other._list
+        if isinstance(other, (list, tuple)):
+            return self._list == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(self._list)
+
+
 class Conversation:
-    """A named chat: system prompt, model, default options and turns."""
+    """A named chat: system prompt, model, default options and turns.
 
-    name: str
-    model: str | None = None
-    system: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-    turns: list[Turn] = field(default_factory=list)
+    `turns` is read-only; the store changes it (through `_splice`), so the
+    cell index and the cached wire messages can never drift from it.
+    """
 
+    __slots__ = ("name", "model", "system", "options", "_turns", "_view", "_cells", "_sent", "_ends",
+                 "_maxp", "_ctx", "_edited", "_generated")
+
+    def __init__(self, name: str, model: str | None = None, system: str | None = None,
+                 options: dict[str, Any] | None = None, turns: Iterable[Turn] = ()) -> None:
+        self.name = name
+        self.model = model
+        self.system = system
+        self.options: dict[str, Any] = {} if options is None else options
+        self._turns: list[Turn] = []
+        self._view = TurnsView(self._turns)
+        self._cells: dict[str, list[int]] = {}  # cell id -> positions of its turns, ascending
+        self._sent: list[Message] = []  # every turn's wire messages, in order
+        self._ends: list[int] = []  # _ends[i]: where turn i's messages end in _sent
+        self._maxp: list[int] = []  # _maxp[i]: largest prompt_eval_count of turns[:i+1]
+        self._ctx: list[int] = []  # _ctx[i]: context_tokens after turns[:i+1]
+        self._edited = 0  # how many turns are edited
+        self._generated = 0  # eval_count summed over the turns
+        self._splice(0, turns)
+
+    def __repr__(self) -> str:
+        return (f"Conversation(name={self.name!r}, model={self.model!r}, system={self.system!r}, "
+                f"options={self.options!r}, turns={len(self._turns)})")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Conversation):
+            return NotImplemented
+        return (self.name, self.model, self.system, self.options, self._turns) == (
+            other.name, other.model, other.system, other.options, other._turns)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def turns(self) -> TurnsView:
+        return self._view
+
+    # -- the one way turns change --------------------------------------------
+    def _splice(self, start: int, new: Iterable[Turn] = ()) -> list[Turn]:
+        """Replace `turns[start:]` by `new`; returns the turns taken out.
+
+        O(removed + added): the index, wire messages and prefix figures of the
+        turns before `start` stay as they are.
+        """
+        turns, cells = self._turns, self._cells
+        removed = turns[start:]
+        for i in range(len(turns) - 1, start - 1, -1):  # newest first: each is its cell's last position
+            turn = turns[i]
+            cid = turn.meta.cell_id
+            if cid:
+                positions = cells[cid]
+                positions.pop()
+                if not positions:
+                    del cells[cid]
+            self._edited -= turn.meta.edited
+            self._generated -= turn.tokens
+        del turns[start:]
+        del self._sent[self._ends[start - 1] if start else 0:]
+        del self._ends[start:], self._maxp[start:], self._ctx[start:]
+        for turn in new:
+            self._add(turn)
+        return removed
+
+    def _add(self, turn: Turn) -> None:
+        i = len(self._turns)
+        self._turns.append(turn)
+        meta = turn.meta
+        if meta.cell_id:
+            self._cells.setdefault(meta.cell_id, []).append(i)
+        self._sent.extend(turn.sent())
+        self._ends.append(len(self._sent))
+        prompt = meta.prompt_eval_count
+        self._maxp.append(max(self._maxp[-1] if i else 0, prompt or 0))
+        self._ctx.append(prompt + (meta.eval_count or 0) if prompt is not None else (self._ctx[-1] if i else 0))
+        self._edited += meta.edited
+        self._generated += turn.tokens
+
+    def _set(self, index: int, turn: Turn) -> Turn:
+        """Replace one turn; returns the old one (what an edit does)."""
+        old = self._turns[index]
+        self._splice(index, [turn, *self._turns[index + 1:]])
+        return old
+
+    # -- reading -------------------------------------------------------------
     def history(self, upto: int | None = None, *, system: str | None | _Keep = KEEP) -> list[Message]:
         """Messages to send before a new user message (first `upto` turns).
 
@@ -138,8 +273,8 @@ class Conversation:
         prompt = self.system if isinstance(system, _Keep) else system
         if prompt:
             msgs.append({"role": "system", "content": prompt})
-        for turn in self.turns[:upto]:
-            msgs.extend(turn.sent())
+        k = slice(None, upto).indices(len(self._turns))[1]
+        msgs += self._sent[:self._ends[k - 1]] if k > 0 else ()
         return msgs
 
     def messages(self) -> list[Message]:
@@ -147,34 +282,38 @@ class Conversation:
         msgs: list[Message] = []
         if self.system:
             msgs.append({"role": "system", "content": self.system})
-        for turn in self.turns:
+        for turn in self._turns:
             msgs.extend(turn.messages)
         return msgs
 
     def find_cell(self, cell_id: str | None) -> int | None:
-        """Index of the (latest) turn owned by `cell_id`, if any."""
+        """Index of the (latest) turn owned by `cell_id`, if any (O(1))."""
         if not cell_id:
             return None
-        for i in range(len(self.turns) - 1, -1, -1):
-            if self.turns[i].meta.cell_id == cell_id:
-                return i
-        return None
+        positions = self._cells.get(cell_id)
+        return positions[-1] if positions else None
+
+    def cell_ids(self) -> dict[str, list[int]]:
+        """Every cell id that owns turns, with their positions (a copy)."""
+        return {cid: list(pos) for cid, pos in self._cells.items()}
 
     @property
     def generated_tokens(self) -> int:
-        return sum(t.tokens for t in self.turns)
+        return self._generated
+
+    @property
+    def edited(self) -> bool:
+        """Whether any turn was edited (the history did not only grow)."""
+        return self._edited > 0
 
     @property
     def context_tokens(self) -> int:
         """Tokens the model's context holds after the last turn (prompt + reply)."""
-        for turn in reversed(self.turns):
-            if turn.meta.prompt_eval_count is not None:
-                return turn.meta.prompt_eval_count + (turn.meta.eval_count or 0)
-        return 0
+        return self._ctx[-1] if self._ctx else 0
 
     @property
     def max_prompt(self) -> int:
-        return max((t.meta.prompt_eval_count or 0 for t in self.turns), default=0)
+        return self._maxp[-1] if self._maxp else 0
 
     def copy(self, name: str | None = None, upto: int | None = None) -> Conversation:
         """A deep, independent copy (what a fork is)."""
@@ -183,11 +322,11 @@ class Conversation:
             model=self.model,
             system=self.system,
             options=copy.deepcopy(self.options),
-            turns=copy.deepcopy(self.turns[:upto]),
+            turns=copy.deepcopy(self._turns[:upto]),
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Event:
     """One change to the store, as listeners (the history panel) see it.
 
@@ -202,7 +341,7 @@ class Event:
     count: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Commit:
     """What `ConversationStore.commit` did with a new turn."""
 
@@ -211,12 +350,20 @@ class Commit:
     dropped: int = 0  # later turns moved to the undo stack by a rewind
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Snapshot:
+    """A chat before a change: its settings, and its turns from `keep` on.
+
+    The turns before `keep` are the same after the change (and stay the same
+    until this step is undone, as undo goes newest first), so only the
+    replaced suffix is kept: undoing an append stores no turns at all.
+    """
+
     model: str | None
     system: str | None
     options: dict[str, Any]
-    turns: tuple[Turn, ...]
+    keep: int
+    tail: tuple[Turn, ...]
 
 
 Listener = Callable[[Event], None]
@@ -296,9 +443,12 @@ class ConversationStore:
                 log.exception("ollama_magic: store listener failed on %s", event)
 
     # -- undo ------------------------------------------------------------
-    def _remember(self, name: str) -> None:
+    def _remember(self, name: str, keep: int | None = None) -> None:
+        """Push an undo step for a change that leaves `turns[:keep]` as they are."""
         conv = self._chats[name]
-        snap = _Snapshot(conv.model, conv.system, dict(conv.options), tuple(conv.turns))
+        n = len(conv.turns)
+        keep = n if keep is None else min(keep, n)
+        snap = _Snapshot(conv.model, conv.system, dict(conv.options), keep, tuple(conv.turns[keep:]))
         self._push(name, snap)
 
     def _push(self, name: str, snap: _Snapshot | None) -> None:
@@ -319,7 +469,8 @@ class ConversationStore:
             return True
         conv = self._chats[name]
         conv.model, conv.system = snap.model, snap.system
-        conv.options, conv.turns = dict(snap.options), list(snap.turns)
+        conv.options = dict(snap.options)
+        conv._splice(snap.keep, snap.tail)
         self._emit("restored", name)
         return True
 
@@ -400,7 +551,8 @@ class ConversationStore:
         """
         name = self._active if chat is None else chat
         conv = self.get(name)
-        self._remember(name)
+        idx = None if fresh or rerun != "rewind" else conv.find_cell(turn.meta.cell_id)
+        self._remember(name, 0 if fresh else idx)
         # Change everything first, then tell listeners: an interrupt inside a
         # listener (a panel redrawing) must not leave the change half done.
         events: list[tuple[str, int | None, int]] = []
@@ -411,19 +563,17 @@ class ConversationStore:
             conv.system = system or None
             events.append(("system", None, 0))
         if fresh:
-            conv.turns = [turn]
+            conv._splice(0, [turn])
             result = Commit("appended", 0)
             events.append(("restored", None, 0))  # views redraw the whole chat
         else:
-            idx = conv.find_cell(turn.meta.cell_id) if rerun == "rewind" else None
             if idx is None:
-                conv.turns.append(turn)
+                conv._add(turn)
                 result = Commit("appended", len(conv.turns) - 1)
                 events.append(("turn_added", result.index, 0))
             else:
                 dropped = len(conv.turns) - idx - 1
-                del conv.turns[idx + 1:]
-                conv.turns[idx] = turn
+                conv._splice(idx, [turn])
                 result = Commit("rewound" if dropped else "replaced", idx, dropped)
                 if dropped:
                     events.append(("truncated", idx + 1, dropped))
@@ -445,8 +595,8 @@ class ConversationStore:
             return
         msgs = list(turn.messages)
         msgs[part] = {**old, "content": content}
-        self._remember(name)
-        conv.turns[index] = Turn(tuple(msgs), replace(turn.meta, edited=True))
+        self._remember(name, index)
+        conv._set(index, Turn(tuple(msgs), replace(turn.meta, edited=True)))
         self._emit("edited", name, index)
 
     def delete(self, index: int, *, chat: str | None = None) -> None:
@@ -454,8 +604,8 @@ class ConversationStore:
         name = self._active if chat is None else chat
         conv = self.get(name)
         _at(conv, index)
-        self._remember(name)
-        del conv.turns[index]
+        self._remember(name, index)
+        conv._splice(index, conv.turns[index + 1:])
         self._emit("deleted", name, index)
 
     def truncate(self, keep: int, *, chat: str | None = None) -> int:
@@ -466,8 +616,8 @@ class ConversationStore:
             raise StoreError(f"can keep between 0 and {len(conv.turns)} turns, not {keep}")
         dropped = len(conv.turns) - keep
         if dropped:
-            self._remember(name)
-            del conv.turns[keep:]
+            self._remember(name, keep)
+            conv._splice(keep)
             self._emit("truncated", name, keep, dropped)
         return dropped
 
@@ -477,8 +627,8 @@ class ConversationStore:
         conv = self.get(name)
         count = len(conv.turns)
         if count:
-            self._remember(name)
-            conv.turns = []
+            self._remember(name, 0)
+            conv._splice(0)
             self._emit("reset", name, 0, count)
         return count
 
@@ -510,18 +660,27 @@ class ConversationStore:
             self._emit("options", name)
 
     # -- bulk ------------------------------------------------------------
-    def absorb(self, chats: list[Conversation], active: str | None = None) -> None:
-        """Add loaded chats, replacing same-named ones; undoable per chat."""
+    def absorb(self, chats: list[Conversation], active: str | None = None, *, undoable: bool = True) -> None:
+        """Add loaded (or journal-restored) chats, replacing same-named ones.
+
+        Undoable per chat unless `undoable` is False (a restore after a kernel
+        restart has no earlier state to go back to). The chats' index comes
+        with them: a `Conversation` builds it as it is made.
+        """
         for conv in chats:
             if conv.name in self._chats:
-                self._remember(conv.name)
+                if undoable:
+                    self._remember(conv.name, 0)
+                else:  # older undo steps describe a state that is gone
+                    self._undo.pop(conv.name, None)
                 old = self._chats[conv.name]
-                old.model, old.system = conv.model, conv.system
-                old.options, old.turns = dict(conv.options), list(conv.turns)
+                old.model, old.system, old.options = conv.model, conv.system, dict(conv.options)
+                old._splice(0, conv.turns)
                 self._emit("restored", conv.name)
             else:
                 self._chats[conv.name] = conv
-                self._push(conv.name, None)
+                if undoable:
+                    self._push(conv.name, None)
                 self._emit("chat_created", conv.name)
         if active and active in self._chats:
             self.switch(active)

@@ -10,7 +10,10 @@ removed, settings, undo, and save/load through real files. After every step:
 * what is sent (`history()`) is exactly what is stored, minus thinking;
 * every change emits an event and no-op emits none;
 * undo restores the state before the last change exactly (bounded stack);
-* save -> load round-trips byte for byte.
+* save -> load round-trips byte for byte;
+* the cell-id index and the cached figures (`find_cell`, `cell_ids`,
+  `max_prompt`, `context_tokens`, `edited`, `generated_tokens`) equal a
+  fresh scan of the turns, whatever happened before (`check_index`).
 
 `MagicsMachine` does a smaller version through `%%ollama` / `%ollama` and the
 test server, with failed and interrupted requests in between.
@@ -64,6 +67,23 @@ def check_invariants(store: ConversationStore) -> None:
         assert json.dumps(sent) == json.dumps(expected)
         for i in range(len(conv.turns) + 1):  # what turn i+1 sends starts with what turn i sent
             assert conv.history(i) == sent[:len(conv.history(i))]
+        check_index(conv)
+
+
+def check_index(conv: Conversation) -> None:
+    """The store's index and cached figures are what a scan of the turns gives."""
+    fresh: dict[str, list[int]] = {}
+    for i, t in enumerate(conv.turns):
+        if t.meta.cell_id:
+            fresh.setdefault(t.meta.cell_id, []).append(i)
+    assert conv.cell_ids() == fresh
+    for cid in [*CELLS, "c-none", ""]:
+        assert conv.find_cell(cid) == (fresh[cid][-1] if cid in fresh else None), cid
+    assert conv.max_prompt == max((t.meta.prompt_eval_count or 0 for t in conv.turns), default=0)
+    assert conv.context_tokens == next((t.meta.prompt_eval_count + (t.meta.eval_count or 0)
+                                        for t in reversed(conv.turns) if t.meta.prompt_eval_count is not None), 0)
+    assert conv.edited == any(t.meta.edited for t in conv.turns)
+    assert conv.generated_tokens == sum(t.meta.eval_count or 0 for t in conv.turns)
 
 
 class StoreMachine(RuleBasedStateMachine):
@@ -132,8 +152,10 @@ class StoreMachine(RuleBasedStateMachine):
         if thinking:
             reply["thinking"] = f"hmm {n}"
         msgs.append(reply)
+        # An interrupted reply has no final chunk, so no prompt count (context_tokens looks past it).
+        prompt = None if status == "interrupted" else n
         return Turn(tuple(msgs), TurnMeta(cell_id=cell, model="m1", created=float(n), status=status,  # type: ignore[arg-type]
-                                          prompt_eval_count=n, eval_count=2))
+                                          prompt_eval_count=prompt, eval_count=2 if prompt else None))
 
     def chat(self, data: st.DataObject) -> str:
         # Mostly the active chat, where the turns pile up.
@@ -344,6 +366,19 @@ class StoreMachine(RuleBasedStateMachine):
         self.push(name, before.get(name))
         assert chat_state(self.store.get(name)) == chat_state(other.get(name))
         assert self.store.active_name == (name if active else was_active)
+
+    @rule(data=st.data(), turns=st.integers(0, 3), cell=st.sampled_from(CELLS))
+    def restore_without_undo(self, data: st.DataObject, turns: int, cell: str | None) -> None:
+        """A journal restore: the chat is replaced through the store, no undo step (older ones go)."""
+        name = self.chat(data)
+        conv = Conversation(name, "m2", "restored", {"seed": 3},
+                            [self.turn(cell=cell, tools=0, thinking=False, status="ok", empty=False)
+                             for _ in range(turns)])
+        expect = chat_state(conv)
+        self.mutate(lambda: self.store.absorb([conv], undoable=False), pushes=False, step=True)
+        assert chat_state(self.store.get(name)) == expect
+        assert not self.store.can_undo(name)
+        self.undo.pop(name, None)
 
     @precondition(lambda self: self.files)
     @rule(data=st.data())

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ollama_magic.store import ConversationStore, Event, StoreError, Turn, TurnMeta
+from ollama_magic.store import Conversation, ConversationStore, Event, StoreError, Turn, TurnMeta
 
 
 def turn(q: str, a: str = "", cell: str | None = None, **meta) -> Turn:
@@ -166,3 +166,65 @@ def test_commit_with_model_system_and_fresh_is_one_undo_step():
 def test_turn_shape_is_checked():
     with pytest.raises(StoreError):
         Turn(({"role": "assistant", "content": "x"},))
+
+
+def _many(n: int, prefix: str = "old") -> list[Turn]:
+    return [Turn.of({"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}", "thinking": "t"},
+                    TurnMeta(cell_id=f"{prefix}-{i}", prompt_eval_count=i, eval_count=1)) for i in range(n)]
+
+
+def test_turn_path_does_not_grow_with_the_chat():
+    """commit, base_for and find_cell at 50,000 turns cost what they cost at 10 (no scans).
+
+    Minimum of many runs on each size, with a wide margin: a scan of 50,000
+    turns is ~1,000x the O(1) path, so this holds on a busy machine too.
+    """
+    import time
+
+    def cost(n: int) -> float:
+        s = ConversationStore(model="m")
+        s.absorb([Conversation("big", "m", turns=_many(n))], "big")
+        conv = s.active
+        best = 1.0
+        for k in range(200):
+            turn = Turn.of({"role": "user", "content": "new"}, {"role": "assistant", "content": "r"},
+                           TurnMeta(cell_id=f"new-{k}", prompt_eval_count=n + k))
+            t0 = time.perf_counter()
+            s.base_for(f"new-{k}")
+            s.commit(turn)
+            conv.find_cell(f"old-{n // 2}")
+            _ = conv.max_prompt, conv.context_tokens, conv.edited
+            best = min(best, time.perf_counter() - t0)
+        assert conv.find_cell("new-199") == n + 199 and conv.max_prompt == n + 199
+        # re-running a cell from the middle rewinds to it, and the index follows
+        s.commit(Turn.of({"role": "user", "content": "again"}, {"role": "assistant", "content": "r"},
+                         TurnMeta(cell_id=f"old-{n // 2}")))
+        assert len(conv.turns) == n // 2 + 1 and conv.find_cell("new-0") is None
+        assert s.undo() and len(conv.turns) == n + 200 and conv.find_cell("new-0") == n
+        return best
+
+    small, big = cost(10), cost(50_000)
+    assert big < 20 * small + 0.0005, (small, big)
+
+
+def test_history_is_the_cached_wire_list():
+    """history(k) is the first k turns' wire messages (thinking left out), whatever k."""
+    s = ConversationStore(model="m")
+    s.absorb([Conversation("c", "m", "sys", turns=_many(5))], "c")
+    conv = s.active
+    full = conv.history()
+    assert full[0] == {"role": "system", "content": "sys"} and len(full) == 11
+    assert all("thinking" not in m for m in full)
+    assert all("thinking" in t.reply for t in conv.turns)  # kept in the store for display
+    for k in range(-6, 8):
+        assert conv.history(k, system=None) == [m for t in list(conv.turns)[:k] for m in t.sent()]
+    full.append({"role": "user", "content": "mutating the result"})
+    assert len(conv.history()) == 11  # callers get their own list
+
+
+def test_turns_are_read_only():
+    s = ConversationStore()
+    with pytest.raises((AttributeError, TypeError)):
+        s.active.turns.append(_many(1)[0])  # type: ignore[attr-defined]
+    with pytest.raises(AttributeError):
+        s.active.turns = []  # type: ignore[misc]
