@@ -4,6 +4,8 @@ The official `ollama.Client` is the only transport. This module knows nothing
 of IPython display or of the store: it takes messages, returns a `Reply`, and
 lets exceptions through for `errors.translate` to make friendly (only a
 host that is not a URL at all is refused here, as the client is built).
+`ollama` itself is imported when the first client is built, not at
+`%load_ext`.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import os
 import re
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
-
-import ollama
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from .errors import OllamaMagicError, redact_host
 from .store import Message
+
+if TYPE_CHECKING:  # `import ollama` costs ~300 ms (pydantic models): it waits for the first request
+    import ollama
 
 __all__ = [
     "ChatRequest",
@@ -54,6 +57,8 @@ class ToolRoundsExceeded(Exception):
 def _client(host: str | None, headers: tuple[tuple[str, str], ...], timeout: float | None,
             api_key: str | None) -> ollama.Client:
     # `api_key` only keys the cache: the client reads OLLAMA_API_KEY itself.
+    import ollama
+
     return ollama.Client(host=host, headers=dict(headers) or None, timeout=timeout)
 
 

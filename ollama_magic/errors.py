@@ -10,13 +10,35 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import sys
 from collections.abc import Iterable
+from typing import Any
 
-import httpx
-import ollama
 from IPython.core.error import UsageError
 
-__all__ = ["OllamaMagicError", "did_you_mean", "redact_host", "translate"]
+__all__ = ["OllamaMagicError", "did_you_mean", "is_http_status", "redact_host", "translate"]
+
+
+class _Unloaded:
+    """Stands in for a module that is not imported: no exception is one of its classes."""
+
+    def __getattr__(self, name: str) -> type:
+        return _Never
+
+
+class _Never(Exception):
+    """A class no raised exception is an instance of."""
+
+
+def _loaded(name: str) -> Any:
+    # The isinstance checks below must not import `ollama` or `httpx` (300 ms at
+    # %load_ext): an exception of a module that was never imported cannot exist.
+    return sys.modules.get(name) or _Unloaded()
+
+
+def is_http_status(exc: BaseException, status: int) -> bool:
+    """Whether `exc` is the client's `ResponseError` with this HTTP status."""
+    return isinstance(exc, _loaded("ollama").ResponseError) and exc.status_code == status
 
 
 class OllamaMagicError(UsageError):
@@ -47,6 +69,7 @@ def translate(exc: BaseException, *, host: str, host_source: str, model: str,
     """
     lost = " Nothing was stored; run the cell again." if started else " Nothing was stored."
     host = redact_host(host)
+    httpx, ollama = _loaded("httpx"), _loaded("ollama")
     if isinstance(exc, (ConnectionError, httpx.ConnectError)):
         return OllamaMagicError(
             f"Cannot reach Ollama at {host} ({host_source}). Start it with `ollama serve`, "

@@ -19,9 +19,8 @@ import traceback
 import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ollama import Client, ResponseError
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
@@ -29,11 +28,14 @@ from traitlets import Bool, Dict, Enum, Float, Int, Unicode, default
 
 from . import chat
 from .commands import Subcommands
-from .errors import OllamaMagicError, did_you_mean, redact_host, translate
+from .errors import OllamaMagicError, did_you_mean, is_http_status, redact_host, translate
 from .interpolate import interpolate
 from .parsing import first_code_block, parse_options, split_args
 from .render import NotebookView, TerminalView, View, footer_text
 from .store import KEEP, Commit, ConversationStore, Rerun, StoreError, Turn, TurnMeta, _Keep
+
+if TYPE_CHECKING:  # `ollama` is imported with the first client (chat.client_for), not at %load_ext
+    from ollama import Client
 
 __all__ = ["OllamaMagics"]
 
@@ -136,7 +138,7 @@ class OllamaMagics(Subcommands, Magics):
     def _friendly(self, exc: BaseException, model: str = "", *, started: bool = False) -> OllamaMagicError:
         host, source = self._host()
         installed = None
-        if isinstance(exc, ResponseError) and exc.status_code == 404:
+        if is_http_status(exc, 404):
             installed = self._installed_or_none()
         err = translate(exc, host=host, host_source=source, model=model, installed=installed,
                         timeout=self.timeout, started=started)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any
 
@@ -213,6 +214,34 @@ def test_import_is_light():
     code = "import sys, ollama_magic; print('ipywidgets' in sys.modules, 'ollama' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_load_ext_imports_neither_the_client_nor_widgets(ollama_server):
+    """`%load_ext` in a kernel that has only IPython: `ollama` (300 ms of pydantic
+    models) and its httpx wait for the first request, ipywidgets for a panel."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from IPython.core.interactiveshell import InteractiveShell\n"
+        "ip = InteractiveShell.instance()\n"
+        "ip.run_line_magic('load_ext', 'ollama_magic')\n"
+        # markdown-it and nh3 render a finished reply: they can wait for the first one
+        "heavy = ('ollama', 'httpx', 'pydantic', 'ipywidgets', 'markdown_it', 'nh3')\n"
+        "print(*[m in sys.modules for m in heavy], *[m for m in heavy if m in sys.modules])\n"
+        "from ollama_magic.errors import translate\n"  # a friendly error needs no client either
+        "err = translate(ConnectionError('refused'), host='h', host_source='s', model='m')\n"
+        "print('Cannot reach' in str(err), 'ollama' in sys.modules)\n"
+        "r = ip.run_cell('%%ollama -m llama3.2\\nhello')\n"  # the first request brings the client
+        "print(r.success, 'ollama' in sys.modules)\n"
+    )
+    env = {**os.environ, "OLLAMA_HOST": ollama_server.host}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["False"] * 6 and lines[1].split() == ["True", "False"], out.stdout
+    assert lines[-1].split() == ["True", "True"], out.stdout
 
 
 def test_config_traitlets(shell, ollama_server, capsys):
