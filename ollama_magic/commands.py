@@ -1,25 +1,113 @@
 """The `%ollama` subcommands (the line magic), as a mixin of `OllamaMagics`.
 
-Each `_sub_NAME(rest)` handles `%ollama NAME rest`; they talk to the store,
-the server (through the magics' client) and files (through `persist`).
+Every subcommand is registered with `@subcommand(NAME, SUMMARY)` over
+IPython's `@argument(...)` decorators: one `magic_arguments` parser per
+subcommand, so each refuses what it does not take (`%ollama reset please`
+is an error, not a reset). The handler gets the parsed `argparse.Namespace`.
+To add one, write a method like those below on any mixin of `OllamaMagics`
+(its module must be imported by `magics`); `%ollama help` lists the registry.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from IPython.core.error import UsageError
+from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments
+
+from .chat import _same_model
 from .errors import OllamaMagicError, did_you_mean, redact_host
 from .parsing import parse_options, split_args
-from .chat import _same_model
 from .store import ConversationStore
 
 if TYPE_CHECKING:
     import ollama
 
-__all__ = ["HELP", "Subcommands"]
+__all__ = ["CELL_HELP", "REGISTRY", "Subcommand", "Subcommands", "argument", "help_text", "parse_subcommand", "subcommand"]
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """One `%ollama NAME ...`: its parser and its handler `func(magics, args)`."""
+
+    name: str
+    summary: str
+    func: Callable[..., Any]
+    parser: MagicArgumentParser
+    text: bool = False  # its positional `text` is the rest of the line, as typed
+    raw: str | None = None  # usage of a subcommand that parses its own line (args.line)
+
+    @property
+    def usage(self) -> str:
+        if self.raw is not None:
+            return f"%ollama {self.name} {self.raw}"
+        # MagicHelpFormatter writes ":: %prog ..."; one plain line is wanted here.
+        return "%" + " ".join(self.parser.format_usage().split()[1:]).lstrip(":% ")
+
+
+REGISTRY: dict[str, Subcommand] = {}
+
+
+def subcommand(name: str, summary: str, *, text: bool = False,
+               raw: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register `%ollama NAME`; put it above the `@argument(...)` lines.
+
+    `text=True`: the subcommand takes free text (a system prompt, a search) in
+    a positional `text` argument; a line that does not start with `-` is that
+    text exactly as typed (quotes and apostrophes included), else it is parsed.
+    `raw=USAGE`: the handler parses `args.line` itself (with another parser).
+    """
+
+    def register(func: Callable[..., Any]) -> Callable[..., Any]:
+        func = magic_arguments(f"ollama {name}")(func)
+        REGISTRY[name] = Subcommand(name, summary, func, func.parser, text, raw)  # type: ignore[attr-defined]
+        return func
+
+    return register
+
+
+def parse_subcommand(spec: Subcommand, rest: str) -> argparse.Namespace:
+    """The subcommand's arguments, or one line that says what is wrong."""
+    if spec.raw is not None:
+        return argparse.Namespace(line=rest)
+    try:
+        if spec.text and rest and not rest.startswith("-"):
+            args = spec.parser.parse_args([])
+            args.text = rest
+            return args
+        args = spec.parser.parse_args(split_args(rest))
+    except UsageError as exc:
+        msg = str(exc)
+        hint = ""
+        if m := re.search(r"unrecognized arguments: (\S+)", msg):
+            word = m.group(1).split("=")[0]
+            if word.startswith("-"):
+                hint = did_you_mean(word, spec.parser._option_string_actions)
+        raise OllamaMagicError(f"%ollama {spec.name}: {msg}{hint}. usage: {spec.usage}") from None
+    if spec.text:
+        args.text = " ".join(args.text or [])
+    return args
+
+
+def help_text() -> str:
+    """Usage of the cell magic and of every registered subcommand."""
+    rows = [(s.usage, s.summary) for s in REGISTRY.values()]
+    width = min(max(len(u) for u, _ in rows), 34)
+    lines = [f"{u:<{width}}  {s}" if len(u) <= width else f"{u}\n{'':<{width}}  {s}" for u, s in rows]
+    return CELL_HELP + "\n\n" + "\n".join(lines) + "\n\n%ollama help NAME shows one subcommand's options."
+
+
+def _count(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes a number of turns, like --at 2, not {text!r}") from None
 
 
 class Subcommands:
@@ -50,18 +138,33 @@ class Subcommands:
     ollama: Callable[..., Any]
 
     def _line(self, line: str) -> Any:
-        sub, _, rest = line.strip().partition(" ")
-        sub = sub or "help"
-        handler = getattr(self, f"_sub_{sub}", None) if sub.isidentifier() else None
-        if handler is None:
-            hint = did_you_mean(sub, _SUBCOMMANDS)
+        parts = line.strip().split(None, 1)
+        sub = parts[0] if parts else "help"
+        rest = parts[1].strip() if len(parts) > 1 else ""
+        if sub in ("-h", "--help"):
+            sub = "help"
+        spec = REGISTRY.get(sub)
+        if spec is None:
+            hint = did_you_mean(sub, list(REGISTRY))
             raise OllamaMagicError(f"unknown subcommand {sub!r}{hint}. See %ollama help.")
-        return handler(rest.strip())
+        return spec.func(self, parse_subcommand(spec, rest))
 
-    def _sub_help(self, rest: str) -> None:
-        print(HELP)
+    @subcommand("help", "this help, or one subcommand's options")
+    @argument("name", nargs="?", metavar="NAME")
+    def _sub_help(self, args: argparse.Namespace) -> None:
+        if args.name is None:
+            print(help_text())
+            return
+        spec = REGISTRY.get(args.name)
+        if spec is None:
+            raise OllamaMagicError(f"no subcommand {args.name!r}{did_you_mean(args.name, list(REGISTRY))}. See %ollama help.")
+        print(f"{spec.usage}\n  {spec.summary}")
+        options = [a for a in spec.parser._actions if a.help]
+        for action in options:
+            print(f"  {', '.join(action.option_strings) or action.metavar or action.dest}: {(action.help or '').replace('%%', '%')}")
 
-    def _sub_models(self, rest: str) -> None:
+    @subcommand("models", "models on the server")
+    def _sub_models(self, args: argparse.Namespace) -> None:
         try:
             models = self.client().list().models
         except Exception as exc:
@@ -74,41 +177,52 @@ class Subcommands:
         for name, size, modified in rows:
             print(f"{name:<{width}}  {size:>8}  {modified}")
 
-    def _sub_model(self, rest: str) -> str | None:
+    @subcommand("model", "show / set the active chat's model")
+    @argument("name", nargs="?", metavar="NAME")
+    def _sub_model(self, args: argparse.Namespace) -> None:
         conv = self.store.active
-        if not rest:
+        name = args.name
+        if name is None:
             current = conv.model or self.model or self._auto_model
             print(f"{current or '(none chosen)'} (chat {conv.name!r})")
-            return None
-        name = rest.strip()
-        if not name or len(name.split()) != 1:
-            raise OllamaMagicError(f"a model name is one word, like llama3.2, not {rest!r}")
+            return
+        if not name.strip() or len(name.split()) != 1:
+            raise OllamaMagicError(f"a model name is one word, like llama3.2, not {name!r}")
         installed = self._installed_or_none()
         if installed is not None and not any(_same_model(name, m) for m in installed):
             hint = did_you_mean(name, installed)
             raise OllamaMagicError(f"Model {name!r} is not installed{hint}. Installed: {', '.join(installed) or 'none'}. Run `ollama pull {name}`.")
         self.store.set_model(name)
         print(f"Model for chat {conv.name!r}: {name}")
-        return None
 
-    def _sub_system(self, rest: str) -> None:
+    @subcommand("system", "show / set / remove the system prompt", text=True)
+    @argument("--clear", action="store_true", help="remove the system prompt")
+    @argument("text", nargs="*", metavar="TEXT", help="the new system prompt (the rest of the line, as typed)")
+    def _sub_system(self, args: argparse.Namespace) -> None:
         conv = self.store.active
-        if rest == "--clear":
+        if args.clear:
+            if args.text:
+                raise OllamaMagicError("%ollama system: --clear takes no text")
             self.store.set_system(None)
             print(f"System prompt of chat {conv.name!r} removed.")
-        elif rest:
-            self.store.set_system(rest)
+        elif args.text:
+            self.store.set_system(args.text)
             print(f"System prompt of chat {conv.name!r} set.")
         else:
             print(conv.system or "(no system prompt)")
 
-    def _sub_options(self, rest: str) -> None:
+    @subcommand("options", "show / set the chat's default options (KEY=null removes one)")
+    @argument("--clear", action="store_true", help="remove all of the chat's options")
+    @argument("pairs", nargs="*", metavar="KEY=VALUE", help="Ollama options, like num_ctx=8192")
+    def _sub_options(self, args: argparse.Namespace) -> None:
         conv = self.store.active
-        if rest == "--clear":
+        if args.clear and args.pairs:
+            raise OllamaMagicError("%ollama options: --clear takes no KEY=VALUE")
+        if args.clear:
             self.store.set_options({})
-        elif rest:
+        elif args.pairs:
             new = dict(conv.options)
-            for key, value in parse_options(split_args(rest)).items():
+            for key, value in parse_options(args.pairs).items():
                 if value is None:
                     new.pop(key, None)
                 else:
@@ -117,21 +231,8 @@ class Subcommands:
         merged = {**self.options, **conv.options}
         print(f"Options for chat {conv.name!r}: {json.dumps(merged) if merged else '(server defaults)'}")
 
-    def _sub_reset(self, rest: str) -> None:
-        n = self.store.reset()
-        print(f"Chat {self.store.active_name!r} emptied ({n} turn{'s' if n != 1 else ''}; undo with %ollama undo).")
-
-    def _sub_undo(self, rest: str) -> None:
-        if self.store.undo():
-            conv = self.store.active
-            print(f"Undone. Chat {conv.name!r} has {len(conv.turns)} turn{'s' if len(conv.turns) != 1 else ''}.")
-        else:
-            print(f"Nothing to undo in chat {self.store.active_name!r}.")
-
-    def _sub_last(self, rest: str) -> str | None:
-        return self.last_reply
-
-    def _sub_chats(self, rest: str) -> None:
+    @subcommand("chats", "list chats (active, name, model, turns, tokens)")
+    def _sub_chats(self, args: argparse.Namespace) -> None:
         rows = [("", "chat", "model", "turns", "tokens")]
         for conv in self.store:
             mark = "*" if conv.name == self.store.active_name else ""
@@ -140,80 +241,26 @@ class Subcommands:
         for r in rows:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
-    def _sub_chat(self, rest: str) -> None:
-        name = rest.strip()
+    @subcommand("chat", "show the active chat, or switch to NAME (a new name creates it)")
+    @argument("name", nargs="?", metavar="NAME")
+    @argument("--new", action="store_true", help="create NAME even though it is close to an existing chat's name")
+    def _sub_chat(self, args: argparse.Namespace) -> None:
+        name = (args.name or "").strip()
         if not name:
+            if args.new:
+                raise OllamaMagicError("%ollama chat --new needs a NAME")
             print(self.store.active_name)
             return
         if name not in self.store:
-            hint = did_you_mean(name, self.store.names)
-            if hint:
-                raise OllamaMagicError(f"no chat {name!r}{hint}; to create it, use %%ollama -c {name}")
+            refuse_near_miss(self.store, name, "%ollama chat {name} --new", confirmed=args.new)
             self.store.create(name)
             print(f"New chat {name!r} (now active).")
             return
         self.store.switch(name)
         print(f"Chat {name!r} is active ({len(self.store.active.turns)} turns).")
 
-    def _sub_fork(self, rest: str) -> None:
-        parts = split_args(rest)
-        at = None
-        if "--at" in parts:
-            i = parts.index("--at")
-            try:
-                at = int(parts[i + 1])
-            except (IndexError, ValueError):
-                raise OllamaMagicError("--at takes a number of turns, like --at 2") from None
-            del parts[i:i + 2]
-        if len(parts) != 1:
-            raise OllamaMagicError("usage: %ollama fork NEW [--at N]")
-        conv = self.store.fork(parts[0], at=at)
-        print(f"Forked into chat {conv.name!r} with {len(conv.turns)} turns (now active).")
-
-    def _sub_save(self, rest: str) -> None:
-        from . import persist  # pydantic models: built only when files are touched
-
-        path = self._path_arg(rest, "save", "chats.json")
-        try:
-            target = persist.save(self.store, path)
-        except persist.FileError as exc:
-            raise OllamaMagicError(str(exc)) from None
-        print(f"Saved {len(self.store)} chat{'s' if len(self.store) != 1 else ''} to {target}.")
-
-    def _sub_load(self, rest: str) -> None:
-        from . import persist  # pydantic models: built only when files are touched
-
-        path = self._path_arg(rest, "load", "chats.json")
-        try:
-            names = persist.load(self.store, path)
-        except persist.FileError as exc:
-            raise OllamaMagicError(str(exc)) from None
-        print(f"Loaded {', '.join(names) or 'no chats'} from {path} (undo with %ollama undo); active: {self.store.active_name!r}.")
-
-    def _sub_export(self, rest: str) -> None:
-        from . import persist  # pydantic models: built only when files are touched
-
-        path = self._path_arg(rest, "export", "chat.md")
-        try:
-            target = persist.write_text(path, persist.export_markdown(self.store.active))
-        except persist.FileError as exc:
-            raise OllamaMagicError(str(exc)) from None
-        print(f"Exported chat {self.store.active_name!r} to {target}.")
-
-    def _path_arg(self, rest: str, verb: str, example: str) -> str:
-        parts = split_args(rest)
-        if len(parts) != 1:
-            raise OllamaMagicError(f"usage: %ollama {verb} PATH (for example %ollama {verb} {example})")
-        return parts[0]
-
-    def _sub_fix(self, rest: str) -> None:
-        if self.last_error is None:
-            print("No cell has failed in this kernel yet; nothing to fix.")
-            return
-        args = self._parse(self.ollama, "--error " + rest)
-        self._turn(args, "")
-
-    def _sub_history(self, rest: str) -> Any:
+    @subcommand("history", "the history panel (a transcript in a terminal)")
+    def _sub_history(self, args: argparse.Namespace) -> Any:
         from . import persist  # pydantic models: built only when files are touched
 
         if self._is_rich():
@@ -228,7 +275,74 @@ class Subcommands:
         print(persist.export_markdown(self.store.active), end="")
         return None
 
-    def _sub_config(self, rest: str) -> None:
+    @subcommand("reset", "empty the active chat (undoable)")
+    def _sub_reset(self, args: argparse.Namespace) -> None:
+        n = self.store.reset()
+        print(f"Chat {self.store.active_name!r} emptied ({n} turn{'s' if n != 1 else ''}; undo with %ollama undo).")
+
+    @subcommand("undo", "undo the last change to the active chat")
+    def _sub_undo(self, args: argparse.Namespace) -> None:
+        if self.store.undo():
+            conv = self.store.active
+            print(f"Undone. Chat {conv.name!r} has {len(conv.turns)} turn{'s' if len(conv.turns) != 1 else ''}.")
+        else:
+            print(f"Nothing to undo in chat {self.store.active_name!r}.")
+
+    @subcommand("save", "save all chats as JSON (atomic)")
+    @argument("path", metavar="PATH", help="the file to write, e.g. chats.json")
+    def _sub_save(self, args: argparse.Namespace) -> None:
+        from . import persist  # pydantic models: built only when files are touched
+
+        try:
+            target = persist.save(self.store, args.path)
+        except persist.FileError as exc:
+            raise OllamaMagicError(str(exc)) from None
+        print(f"Saved {len(self.store)} chat{'s' if len(self.store) != 1 else ''} to {target}.")
+
+    @subcommand("load", "add the chats of a saved file (undoable)")
+    @argument("path", metavar="PATH", help="a file written by %%ollama save")
+    def _sub_load(self, args: argparse.Namespace) -> None:
+        from . import persist  # pydantic models: built only when files are touched
+
+        try:
+            names = persist.load(self.store, args.path)
+        except persist.FileError as exc:
+            raise OllamaMagicError(str(exc)) from None
+        print(f"Loaded {', '.join(names) or 'no chats'} from {args.path} (undo with %ollama undo); active: {self.store.active_name!r}.")
+
+    @subcommand("export", "the active chat as Markdown")
+    @argument("path", metavar="PATH", help="the file to write, e.g. chat.md")
+    def _sub_export(self, args: argparse.Namespace) -> None:
+        from . import persist  # pydantic models: built only when files are touched
+
+        try:
+            target = persist.write_text(args.path, persist.export_markdown(self.store.active))
+        except persist.FileError as exc:
+            raise OllamaMagicError(str(exc)) from None
+        print(f"Exported chat {self.store.active_name!r} to {target}.")
+
+    @subcommand("fix", "ask why the last failing cell failed", raw="[%%ollama OPTIONS]")
+    def _sub_fix(self, args: argparse.Namespace) -> None:
+        # Parsed by the cell magic's own parser, which refuses what it does not take.
+        turn_args = self._parse(self.ollama, "--error " + args.line)
+        if self.last_error is None:
+            print("No cell has failed in this kernel yet; nothing to fix.")
+            return
+        self._turn(turn_args, "")
+
+    @subcommand("fork", "copy the active chat (or its first N turns) into a new chat")
+    @argument("new", metavar="NEW", help="name of the new chat")
+    @argument("--at", type=_count, metavar="N", help="copy only the first N turns")
+    def _sub_fork(self, args: argparse.Namespace) -> None:
+        conv = self.store.fork(args.new, at=args.at)
+        print(f"Forked into chat {conv.name!r} with {len(conv.turns)} turns (now active).")
+
+    @subcommand("last", "the last reply as a string (x = %ollama last)")
+    def _sub_last(self, args: argparse.Namespace) -> str | None:
+        return self.last_reply
+
+    @subcommand("config", "effective settings (secrets hidden)")
+    def _sub_config(self, args: argparse.Namespace) -> None:
         host, source = self._host()
         conv = self.store.active
         lines = [
@@ -247,6 +361,15 @@ class Subcommands:
         print("\n".join(lines))
 
 
+def refuse_near_miss(store: ConversationStore, name: str, create_hint: str, *, confirmed: bool) -> None:
+    """A new chat named like an existing one is most likely a typo: refuse it, unless confirmed."""
+    if confirmed:
+        return
+    hint = did_you_mean(name, store.names)
+    if hint:
+        raise OllamaMagicError(f"no chat {name!r}{hint}; to create it anyway, use {create_hint.format(name=name)}")
+
+
 def _size(n: int | None) -> str:
     if not n:
         return ""
@@ -258,15 +381,12 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
-_SUBCOMMANDS = ["help", "models", "model", "system", "options", "chats", "chat", "history", "reset",
-                "undo", "save", "load", "export", "fix", "fork", "last", "config"]
-
-HELP = """\
+CELL_HELP = """\
 %%ollama [options]        the cell is your message; each cell continues the chat
   -m/--model NAME         model for this turn (then the chat's model)
   -c/--chat NAME          use (or create) a named chat and make it active
   --system TEXT           set the chat's system prompt
-  --new                   start the chat afresh (undoable)
+  --new                   start the chat afresh (undoable); with -c, create a chat named like another
   --once                  ask with the history, store nothing
   -o KEY=VALUE            Ollama option for this turn (repeatable): -o num_ctx=8192
   -t/--temperature X      shorthand for -o temperature=X
@@ -278,19 +398,4 @@ HELP = """\
   --out VAR               also put the reply (or parsed JSON) into VAR
   --no-stream             one request without streaming
   --code                  put the reply's first code block into the next cell
-  {name} in the cell is replaced by the variable's value; {{name}} keeps the braces.
-
-%ollama models            models on the server
-%ollama model [NAME]      show / set the active chat's model
-%ollama system [TEXT|--clear]   show / set / remove the system prompt
-%ollama options [KEY=VALUE ...|--clear]   the chat's default options (KEY=null removes)
-%ollama chats             list chats;  %ollama chat NAME  switches (or creates)
-%ollama history           the history panel (a transcript in a terminal)
-%ollama reset             empty the active chat (undoable)
-%ollama undo              undo the last change to the active chat
-%ollama save PATH         save all chats as JSON;  %ollama load PATH  adds them back
-%ollama export PATH.md    the active chat as Markdown
-%ollama fix               ask why the last failing cell failed
-%ollama fork NEW [--at N] copy the active chat (or its first N turns) into a new chat
-%ollama last              the last reply as a string (x = %ollama last)
-%ollama config            effective settings"""
+  {name} in the cell is replaced by the variable's value; {{name}} keeps the braces."""

@@ -305,7 +305,7 @@ def test_reset_undo_system_options_model(shell, ollama_server, capsys):
     assert body["messages"][0]["role"] == "user" and body["options"] == {"num_ctx": 8192}
     with pytest.raises(UsageError, match="not installed"):
         shell.run_line_magic("ollama", "model llama9")
-    with pytest.raises(UsageError, match="one word"):
+    with pytest.raises(UsageError, match="unrecognized arguments: words"):
         shell.run_line_magic("ollama", "model   two words")
 
 

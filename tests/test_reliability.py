@@ -666,7 +666,7 @@ def test_model_subcommand_with_blank_or_spaced_name_is_refused(shell, ollama_ser
 BAD_LINE_MAGICS = {
     "unknown_subcommand": ("frobnicate", "unknown subcommand"),
     "fork_no_name": ("fork", "usage"),
-    "fork_bad_at": ("fork x --at many", "--at takes a number"),
+    "fork_bad_at": ("fork x --at many", "--at: takes a number"),
     "fork_at_out_of_range": ("fork x --at 5", "--at must be between"),
     "fork_existing": ("fork default", "exists already"),
     "fork_unclosed_quote": ("fork 'x", "quote is not closed"),
