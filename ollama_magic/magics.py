@@ -29,7 +29,7 @@ from traitlets import Bool, Dict, Enum, Float, Int, Unicode, default
 from . import chat
 from .commands import Subcommands
 from .errors import OllamaMagicError, did_you_mean, is_http_status, redact_host, translate
-from .interpolate import interpolate
+from .interpolate import default_renderer, interpolate_refs
 from .parsing import first_code_block, parse_options, split_args
 from .render import NotebookView, TerminalView, View, footer_text
 from .store import KEEP, Commit, ConversationStore, Rerun, StoreError, Turn, TurnMeta, _Keep
@@ -87,6 +87,7 @@ class OllamaMagics(Subcommands, Magics):
     rich = Enum(["auto", "on", "off"], "auto", help="Rich (notebook) output or plain text; auto asks the frontend.").tag(config=True)
     undo_depth = Int(100, help="Undo steps kept per chat.").tag(config=True)
     warn_context = Bool(True, help="Warn when a prompt nears or passes the context window.").tag(config=True)
+    max_var_chars = Int(8000, help="Most characters one {name}, --cells cell or --file puts into a prompt (the rest is cut, with a note).").tag(config=True)
 
     @default("model")
     def _default_model(self) -> str | None:
@@ -228,7 +229,7 @@ class OllamaMagics(Subcommands, Magics):
         store = self.store
         ns = self.shell.user_ns
         started_at = time.perf_counter()
-        text = interpolate(cell.strip("\n"), ns)
+        text, _used = interpolate_refs(cell.strip("\n"), ns, default_renderer(self.max_var_chars))
         if args.error:
             text = self._error_prompt(text)
         if not text.strip():
