@@ -26,7 +26,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Dict, Enum, Float, Int, Unicode, default
 
-from . import chat
+from . import chat, context
 from .commands import Subcommands
 from .errors import OllamaMagicError, did_you_mean, is_http_status, redact_host, translate
 from .interpolate import default_renderer, interpolate_refs
@@ -97,6 +97,7 @@ class OllamaMagics(Subcommands, Magics):
         super().__init__(shell=shell, **kwargs)
         self.store = ConversationStore(undo_depth=self.undo_depth)
         self.cell_id: str | None = None
+        self._cell_source: str | None = None  # the running cell, to tell it from earlier ones
         self.last_reply: str | None = None
         self.last_error: tuple[str, str] | None = None  # (code, traceback) of the last failing cell
         self._auto_model: str | None = None
@@ -111,6 +112,7 @@ class OllamaMagics(Subcommands, Magics):
     # -- kernel events ---------------------------------------------------
     def pre_run_cell(self, info: Any) -> None:
         self.cell_id = getattr(info, "cell_id", None) or None
+        self._cell_source = getattr(info, "raw_cell", None)
 
     def post_run_cell(self, result: Any) -> None:
         err = result.error_in_exec or result.error_before_exec
@@ -201,6 +203,8 @@ class OllamaMagics(Subcommands, Magics):
     @argument("--out", metavar="VAR", help="also store the reply text (or parsed JSON with --format) in VAR")
     @argument("--no-stream", action="store_true", help="one request without streaming")
     @argument("--code", action="store_true", help="put the reply's first code block into the next cell")
+    @argument("--cells", type=int, metavar="N", help="put the code and results of the last N cells run before the question")
+    @argument("--file", action="append", metavar="PATH", help="attach a text file as a fenced block (repeatable)")
     @line_cell_magic
     def ollama(self, line: str, cell: str | None = None) -> Any:
         """Chat with Ollama. `%%ollama [options]` sends the cell; `%ollama help` lists the subcommands."""
@@ -234,6 +238,7 @@ class OllamaMagics(Subcommands, Magics):
             text = self._error_prompt(text)
         if not text.strip():
             raise OllamaMagicError("The cell is empty: write a question below %%ollama.")
+        text = self._with_context(args, text)
         user: dict[str, Any] = {"role": "user", "content": text}
         if args.image:
             user["images"] = [self._image(ref) for ref in args.image]
@@ -379,6 +384,18 @@ class OllamaMagics(Subcommands, Magics):
         window = chat.context_window(client or self.client(), model)
         self._windows[key] = (time.monotonic(), window)
         return window
+
+    def _with_context(self, args: Any, question: str) -> str:
+        """--cells and --file blocks, then the question."""
+        blocks = []
+        if args.cells is not None:
+            hm = self.shell.history_manager
+            render = default_renderer(self.max_var_chars)
+            blocks.append(context.cells_block(hm.input_hist_raw, hm.output_hist, args.cells,
+                                              current=self._cell_source,
+                                              render=lambda v: render(v, None), limit=self.max_var_chars))
+        blocks += [context.file_block(ref, self.max_var_chars) for ref in args.file or ()]
+        return "\n\n".join([*blocks, question])
 
     def _error_prompt(self, question: str) -> str:
         if self.last_error is None:
