@@ -24,6 +24,7 @@ from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_ar
 from .chat import _same_model
 from .errors import OllamaMagicError, did_you_mean, redact_host
 from .parsing import parse_options, split_args
+from .routing import refuse_near_miss
 from .store import ConversationStore
 
 if TYPE_CHECKING:
@@ -361,15 +362,6 @@ class Subcommands:
         print("\n".join(lines))
 
 
-def refuse_near_miss(store: ConversationStore, name: str, create_hint: str, *, confirmed: bool) -> None:
-    """A new chat named like an existing one is most likely a typo: refuse it, unless confirmed."""
-    if confirmed:
-        return
-    hint = did_you_mean(name, store.names)
-    if hint:
-        raise OllamaMagicError(f"no chat {name!r}{hint}; to create it anyway, use {create_hint.format(name=name)}")
-
-
 def _size(n: int | None) -> str:
     if not n:
         return ""
@@ -384,7 +376,7 @@ def _size(n: int | None) -> str:
 CELL_HELP = """\
 %%ollama [options]        the cell is your message; each cell continues the chat
   -m/--model NAME         model for this turn (then the chat's model)
-  -c/--chat NAME          use (or create) a named chat and make it active
+  -c/--chat NAME          use (or create) a named chat; active once the turn is stored
   --system TEXT           set the chat's system prompt
   --new                   start the chat afresh (undoable); with -c, create a chat named like another
   --once                  ask with the history, store nothing

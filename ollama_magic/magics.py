@@ -31,6 +31,7 @@ from .commands import Subcommands
 from .errors import OllamaMagicError, did_you_mean, is_http_status, redact_host, translate
 from .interpolate import default_renderer, interpolate_refs
 from .parsing import first_code_block, parse_options, split_args
+from .routing import Target, target_chat
 from .render import NotebookView, TerminalView, View, footer_text
 from .store import KEEP, Commit, ConversationStore, Rerun, StoreError, Turn, TurnMeta, _Keep
 
@@ -189,7 +190,7 @@ class OllamaMagics(Subcommands, Magics):
     # -- the magic -------------------------------------------------------
     @magic_arguments()
     @argument("-m", "--model", help="model for this turn; after it succeeds, the chat's model")
-    @argument("-c", "--chat", help="use (create if new) the named chat and make it active")
+    @argument("-c", "--chat", help="use (create if new) the named chat; it is active once the turn is stored")
     @argument("--system", help="set the chat's system prompt")
     @argument("--new", action="store_true", help="start the chat afresh (old turns go to the undo stack)")
     @argument("--once", action="store_true", help="ask with the history but store neither question nor answer")
@@ -252,14 +253,14 @@ class OllamaMagics(Subcommands, Magics):
             turn_opts["temperature"] = args.temperature
         if args.out and not args.out.isidentifier():
             raise OllamaMagicError(f"--out needs a variable name, not {args.out!r}")
-        if args.chat:
-            store.switch(args.chat.strip(), create=True)
-        conv = store.active
+        cell_id = None if args.once else self.cell_id
+        # Nothing changes until the turn is stored: -c NEW is made (and made active) then.
+        target = target_chat(store, args.chat, cell_id, rerun=self._rerun, confirmed=args.new)
+        conv = target.conv
         options.update(conv.options)
         options.update(turn_opts)
-        model = self.resolve_model(args.model)
-        cell_id = None if args.once else self.cell_id
-        base = 0 if args.new else store.base_for(cell_id, rerun=self._rerun)
+        model = self.resolve_model(args.model or conv.model)
+        base = 0 if args.new or target.create else store.base_for(cell_id, chat=target.name, rerun=self._rerun)
         system = conv.system if args.system is None else (args.system or None)
         messages = conv.history(base, system=system)
         request = chat.ChatRequest(model, messages + [user], options or None, fmt,
@@ -272,7 +273,7 @@ class OllamaMagics(Subcommands, Magics):
         try:
             exchange, reply = chat.converse(client, request, view, max_tool_rounds=self.max_tool_rounds)
         except KeyboardInterrupt:
-            self._interrupted(view, args, user, cell_id, model, started_at)
+            self._interrupted(view, args, user, cell_id, model, started_at, target)
             raise
         except chat.ToolRoundsExceeded as exc:
             view.finish(footer_text(model, {}, time.perf_counter() - started_at, ["stopped: too many tool rounds"]))
@@ -300,7 +301,8 @@ class OllamaMagics(Subcommands, Magics):
             # means Ollama dropped messages; judge against the history as it was.
             grew = base == len(conv.turns) and not args.new and not conv.edited
             prior = conv.max_prompt if grew else 0
-            done = self._commit(turn, args)
+            done = self._commit(turn, args, target)
+            notes += [target.note] if target.note else []
             notes += self._context_notes(meta.prompt_eval_count, prior, client, model, options)
             if done.dropped:
                 notes.append(f"rewound {done.dropped} later turn{'s' if done.dropped != 1 else ''} (undo with %ollama undo)")
@@ -327,7 +329,7 @@ class OllamaMagics(Subcommands, Magics):
                 self.shell.set_next_input(code, replace=False)
 
     def _interrupted(self, view: View, args: Any, user: dict[str, Any], cell_id: str | None,
-                     model: str, started_at: float) -> None:
+                     model: str, started_at: float, target: Target) -> None:
         """Keep what arrived, marked; a half tool exchange is not a valid history."""
         reply = view.reply
         seconds = time.perf_counter() - started_at
@@ -336,14 +338,16 @@ class OllamaMagics(Subcommands, Magics):
             return
         meta = self._meta(reply.stats, cell_id, model, "interrupted", {})
         turn = Turn((user, reply.message(with_tool_calls=False)), meta)
-        self._commit(turn, args)
+        self._commit(turn, args, target)
         self.last_reply = reply.content
-        view.finish(footer_text(model, reply.stats, seconds, ["interrupted", "partial reply kept"]))
+        notes = ["interrupted", "partial reply kept", *([target.note] if target.note else [])]
+        view.finish(footer_text(model, reply.stats, seconds, notes))
 
-    def _commit(self, turn: Turn, args: Any) -> Commit:
-        """Store a turn with the cell's -m, --system and --new, as one undo step."""
-        return self.store.commit(turn, rerun=self._rerun, model=args.model or None,
-                                 system=_keep(args.system), fresh=args.new)
+    def _commit(self, turn: Turn, args: Any, target: Target) -> Commit:
+        """Store a turn with the cell's -c, -m, --system and --new, as one undo step."""
+        return self.store.commit(turn, chat=target.name, rerun=self._rerun, model=args.model or None,
+                                 system=_keep(args.system), fresh=args.new,
+                                 create=target.create, activate=target.activate)
 
     def _meta(self, stats: Mapping[str, Any], cell_id: str | None, model: str, status: str,
               options: Mapping[str, Any]) -> TurnMeta:

@@ -480,13 +480,26 @@ class ConversationStore:
         name = _check_name(name)
         if name in self._chats:
             raise StoreError(f"a chat named {name!r} exists already")
-        base = self.active
-        conv = Conversation(name, base.model, options=copy.deepcopy(base.options))
+        conv = self.draft(name)
         self._chats[name] = conv
         self._emit("chat_created", name)
         if switch:
             self.switch(name)
         return conv
+
+    def draft(self, name: str) -> Conversation:
+        """The chat `create(name)` would make, not added to the store (a turn is asked in it first)."""
+        base = self.active
+        return Conversation(_check_name(name), base.model, options=copy.deepcopy(base.options))
+
+    def chat_of_cell(self, cell_id: str | None) -> str | None:
+        """The chat holding `cell_id`'s turn: the active chat first, then the others."""
+        if not cell_id:
+            return None
+        for conv in (self.active, *self._chats.values()):
+            if conv.find_cell(cell_id) is not None:
+                return conv.name
+        return None
 
     def switch(self, name: str, *, create: bool = False) -> Conversation:
         if name not in self._chats:
@@ -543,19 +556,27 @@ class ConversationStore:
 
     def commit(self, turn: Turn, *, chat: str | None = None, rerun: Rerun = "rewind",
                model: str | None = None, system: str | None | _Keep = KEEP,
-               fresh: bool = False) -> Commit:
+               fresh: bool = False, create: bool = False, activate: bool = False) -> Commit:
         """Store a finished turn, replacing the cell's earlier turn when re-run.
 
         In the same undo step: `model`, if given, becomes the chat's model;
-        `system` (unless KEEP) its system prompt; `fresh` empties the chat first.
+        `system` (unless KEEP) its system prompt; `fresh` empties the chat first;
+        `create` makes the chat if it does not exist (undo removes it again).
+        `activate` makes the chat active once the turn is in.
         """
         name = self._active if chat is None else chat
-        conv = self.get(name)
-        idx = None if fresh or rerun != "rewind" else conv.find_cell(turn.meta.cell_id)
-        self._remember(name, 0 if fresh else idx)
         # Change everything first, then tell listeners: an interrupt inside a
         # listener (a panel redrawing) must not leave the change half done.
         events: list[tuple[str, int | None, int]] = []
+        if create and name not in self._chats:
+            conv = self._chats[name] = self.draft(name)
+            self._push(name, None)  # the chat's first undo step removes it
+            events.append(("chat_created", None, 0))
+            fresh, idx = False, None
+        else:
+            conv = self.get(name)
+            idx = None if fresh or rerun != "rewind" else conv.find_cell(turn.meta.cell_id)
+            self._remember(name, 0 if fresh else idx)
         if model and model != conv.model:
             conv.model = model
             events.append(("model", None, 0))
@@ -578,6 +599,9 @@ class ConversationStore:
                 if dropped:
                     events.append(("truncated", idx + 1, dropped))
                 events.append(("turn_replaced", idx, 0))
+        if activate and name != self._active:
+            self._active = name
+            events.append(("switched", None, 0))  # last: a view redraws the chat with its new turn
         for kind, index, count in events:
             self._emit(kind, name, index, count)
         return result

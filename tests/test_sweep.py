@@ -93,3 +93,92 @@ def test_9_free_text_is_kept_as_typed(shell):
     assert store_of(shell).active.system == text
     run(shell, "%ollama system --clear")
     assert store_of(shell).active.system is None
+
+
+# -- 1. -c NEW with a failing turn creates nothing --------------------------------
+@pytest.mark.parametrize("fault", ["unknown_model", "http_500", "server_down", "bad_host"])
+def test_1_failed_first_turn_in_a_new_chat_leaves_no_chat(shell, ollama_server, fault, monkeypatch):
+    run(shell, "%%ollama\nkept")
+    before = state(store_of(shell))
+    line = "%%ollama -c fresh"
+    if fault == "unknown_model":
+        line += " -m llama9"
+    elif fault == "http_500":
+        ollama_server.status = 500
+    elif fault == "server_down":
+        monkeypatch.setenv("OLLAMA_HOST", "http://127.0.0.1:9")
+    else:
+        monkeypatch.setenv("OLLAMA_HOST", "http://[::1")
+    one_line_usage_error(run(shell, f"{line}\nhello"))
+    assert state(store_of(shell)) == before
+    assert "fresh" not in store_of(shell) and store_of(shell).active_name == "default"
+
+
+def test_1_new_chat_and_its_turn_are_one_undo_step(shell, ollama_server):
+    run(shell, "%%ollama\nkept")
+    before = state(store_of(shell))
+    run(shell, "%%ollama -c fresh --system 'Be brief.'\nhello")
+    store = store_of(shell)
+    assert store.active_name == "fresh" and len(store.get("fresh").turns) == 1
+    assert store.get("fresh").system == "Be brief."
+    run(shell, "%ollama undo")
+    assert "fresh" not in store and state(store) == before
+
+
+def test_1_existing_chat_is_not_switched_to_by_a_failed_turn(shell, ollama_server):
+    run(shell, "%ollama chat other")
+    run(shell, "%ollama chat default")
+    ollama_server.status = 500
+    one_line_usage_error(run(shell, "%%ollama -c other\nhello"))
+    assert store_of(shell).active_name == "default"
+    ollama_server.status = None
+    assert run(shell, "%%ollama -c other\nhello").success
+    assert store_of(shell).active_name == "other"
+
+
+# -- 7. -c near miss is refused like %ollama chat -----------------------------------
+def test_7_near_miss_chat_name_is_refused_in_the_cell_too(shell, ollama_server):
+    run(shell, "%%ollama\nkept")
+    before = state(store_of(shell))
+    sent = len(ollama_server.requests)
+    msg = one_line_usage_error(run(shell, "%%ollama -c defualt\nhello"))
+    assert "did you mean 'default'" in msg and "--new" in msg
+    msg = one_line_usage_error(run(shell, "%ollama chat defualt"))
+    assert "did you mean 'default'" in msg and "%ollama chat defualt --new" in msg
+    assert state(store_of(shell)) == before and len(ollama_server.requests) == sent
+    assert run(shell, "%%ollama -c defualt --new\nhello").success
+    assert store_of(shell).active_name == "defualt" and len(store_of(shell).active.turns) == 1
+    run(shell, "%ollama chat default")
+    run(shell, "%ollama chat defaulx --new")
+    assert store_of(shell).active_name == "defaulx"
+    assert run(shell, "%%ollama -c pirate\nahoy").success  # no near miss: created as before
+
+
+# -- 8. a re-run goes back to the chat that holds its turn (real kernel) --------------
+def _kernel_state(k: Any) -> dict[str, Any]:
+    ex = k.execute("import json as _j; _m = get_ipython().magics_manager.registry['OllamaMagics']\n"
+                   "print(_j.dumps({'active': _m.store.active_name, 'chats': {c.name: [t.user['content'] "
+                   "for t in c.turns] for c in _m.store}}))")
+    assert ex.status == "ok", ex.text
+    return json.loads(ex.text.strip().splitlines()[-1])
+
+
+def test_8_rerun_replaces_its_turn_in_the_chat_that_holds_it(ollama_server):
+    from kernel_util import kernel
+
+    with kernel({"OLLAMA_HOST": ollama_server.host}) as k:
+        assert k.execute("%load_ext ollama_magic\n%ollama model llama3.2").status == "ok"
+        assert k.execute("%%ollama\nfirst", cell_id="cell-a").status == "ok"
+        assert k.execute("%ollama chat other", cell_id="cell-b").status == "ok"
+        assert k.execute("%%ollama\nsecond", cell_id="cell-c").status == "ok"
+        ex = k.execute("%%ollama\nfirst again", cell_id="cell-a")
+        assert ex.status == "ok", ex.text
+        assert "in chat 'default'" in ex.text
+        assert _kernel_state(k) == {"active": "other", "chats": {"default": ["first again"], "other": ["second"]}}
+        # The request carried the history of 'default', not of 'other'.
+        assert [m["content"] for m in ollama_server.last_chat()["messages"]] == ["first again"]
+        # A cell that names a chat with -c goes there, as it says.
+        ex = k.execute("%%ollama -c other\nfirst once more", cell_id="cell-a")
+        assert ex.status == "ok", ex.text
+        assert _kernel_state(k) == {"active": "other",
+                                    "chats": {"default": ["first again"], "other": ["second", "first once more"]}}
