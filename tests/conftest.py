@@ -32,11 +32,22 @@ class RecordingPublisher(DisplayPublisher):
         return [m for m in self.messages if m.get("update")]
 
     @property
-    def last_markdown(self) -> str:
+    def last_html(self) -> str:
+        """The last rich output (the final reply: sanitised HTML)."""
         for m in reversed(self.messages):
-            if "data" in m and "text/markdown" in m["data"]:
-                return m["data"]["text/markdown"]
-        raise AssertionError("no markdown was displayed")
+            if "data" in m and "text/html" in m["data"]:
+                return m["data"]["text/html"]
+        raise AssertionError("no HTML was displayed")
+
+    last_markdown = last_html  # the name older tests use
+
+    @property
+    def last_plain(self) -> str:
+        """The last output's text/plain (the final reply, footer and tool lines included)."""
+        for m in reversed(self.messages):
+            if "data" in m and "text/plain" in m["data"]:
+                return m["data"]["text/plain"]
+        raise AssertionError("nothing was displayed")
 
 
 def _fresh_shell(server: Any, monkeypatch: pytest.MonkeyPatch) -> InteractiveShell:

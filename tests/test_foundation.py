@@ -156,7 +156,7 @@ def test_interrupt_keeps_partial_reply_marked(shell, ollama_server, capsys):
     assert len(msgs) == 5 and msgs[3]["content"] == partial.reply["content"]
 
 
-def test_display_is_throttled_and_ends_as_markdown(nb_shell, ollama_server):
+def test_display_is_throttled_and_ends_as_html(nb_shell, ollama_server):
     ollama_server.token_delay = 0.001
     ollama_server.reply_tokens = 300
     t0 = time.monotonic()
@@ -169,19 +169,20 @@ def test_display_is_throttled_and_ends_as_markdown(nb_shell, ollama_server):
     assert len(updates) < 300 / 4  # never one message per token
     ids = {m["transient"].get("display_id") for m in pub.messages}
     assert len(ids) == 1
-    final = pub.last_markdown
+    final = pub.last_plain
     reply = magics_of(nb_shell).store.active.turns[-1].reply["content"]
     assert len(reply.split()) == 300 and final.startswith(reply)
+    assert f"<p>{reply}</p>" in pub.last_html
     assert "llama3.2 · 300 tokens ·" in final and " tok/s · " in final
 
 
 def test_reply_html_is_not_live(nb_shell, ollama_server):
     ollama_server.reply = "Look: <script>alert(1)</script> and <img src=x onerror=alert(2)> `<b>code</b>`"
     run(nb_shell, "%%ollama\nhi")
-    md = nb_shell.display_pub.last_markdown
-    assert "<script" not in md and "<img" not in md
-    assert "&lt;script>alert(1)&lt;/script>" in md
-    assert "`<b>code</b>`" in md  # code spans stay literal
+    out = nb_shell.display_pub.last_html
+    assert "<script" not in out and "<img" not in out
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in out
+    assert "<code>&lt;b&gt;code&lt;/b&gt;</code>" in out  # code spans are code
 
 
 def test_terminal_prints_plain_text(shell, ollama_server, capsys):

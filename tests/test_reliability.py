@@ -25,7 +25,9 @@ from IPython.core.error import UsageError
 
 from conftest import interrupt_main_after, magics_of, run
 from ollama_magic import persist, testing
-from ollama_magic.render import NotebookView, TerminalView, safe_markdown
+from hostile import PAYLOADS, violations
+from ollama_magic import render
+from ollama_magic.render import NotebookView, TerminalView
 from ollama_magic.store import ConversationStore, Event
 
 SECRET = "sk-test-5ecret-value-42"
@@ -419,52 +421,9 @@ def test_failure_after_a_tool_ran_stores_nothing(shell, ollama_server, events, w
 
 
 # -- 5. hostile output -----------------------------------------------------------
-try:
-    import mistune
-
-    # Raw HTML passes through and no URL is filtered: only our escaping protects.
-    _render_html = mistune.create_markdown(
-        renderer=mistune.HTMLRenderer(escape=False, allow_harmful_protocols=True),
-        plugins=["table", "strikethrough", "url"],
-    )
-except ImportError:  # pragma: no cover - the test extra installs it
-    _render_html = None
-
-_LIVE_TAG = re.compile(r"<(script|img|iframe|style|svg|object|embed|form|link|meta|base|math)\b", re.IGNORECASE)
-_OUR_TAG = re.compile(r"</?(details|summary|small)\b", re.IGNORECASE)
-_URL_ATTR = re.compile(r"""(?:href|src|action|formaction)\s*=\s*["']?([^"'\s>]*)""", re.IGNORECASE)
-
-
-def _script_url(url: str) -> bool:
-    import html
-
-    for _ in range(3):
-        url = html.unescape(url)
-    url = re.sub(r"[\x00-\x20\x7f\\]", "", url)
-    return re.match(r"(?:javascript|vbscript|data):", url, re.IGNORECASE) is not None
-
-
-def _script_urls(html_out: str) -> list[str]:
-    """URLs with a script-capable scheme in the attributes of real tags."""
-    attrs = " ".join(re.findall(r"<[a-zA-Z][^>]*>", html_out))
-    return [u for u in _URL_ATTR.findall(attrs) if _script_url(u)]
-
-
-def assert_inert(markdown: str, *, details: int = 0, small: int = 0, raw_ok: bool = False) -> None:
-    """No live HTML of the model's, no script link; only our own tags, balanced."""
-    if not raw_ok:  # (raw_ok: the hostile text sits inside a fenced code block, shown as code)
-        assert not _LIVE_TAG.search(markdown), markdown
-        for dest in re.findall(r"\]\(\s*([^\s)]*)|\]:\s*(\S*)", markdown):
-            assert not _script_url(dest[0] or dest[1]), markdown
-    if _render_html is None:
-        return
-    html_out = _render_html(markdown)
-    assert not _LIVE_TAG.search(html_out), html_out
-    assert not _script_urls(html_out), html_out
-    tags = sorted(t.lower() for t in _OUR_TAG.findall(html_out))
-    assert tags == sorted(["details"] * 2 * details + ["summary"] * 2 * details + ["small"] * 2 * small), html_out
-
-
+# Everything is rendered by `safe` (markdown-it-py, raw HTML off, then nh3); these
+# payloads (older ones, written against the escaping scheme that came before) and
+# tests/hostile.py's corpus go through the whole magic, every frame checked.
 HOSTILE = {
     "script": "Hi <script>alert(1)</script> there",
     "img_onerror": "<img src=x onerror=alert(1)>",
@@ -504,69 +463,57 @@ IN_CODE = {  # the hostile text ends up inside a fenced code block: shown, as co
 }
 
 
-@pytest.mark.parametrize("name", [*HOSTILE, *IN_CODE])
+def _frames(ip: Any) -> list[dict[str, str]]:
+    return [m["data"] for m in ip.display_pub.messages if "data" in m]
+
+
+def assert_frames_inert(ip: Any) -> None:
+    """Live frames are plain text only; the final one is sanitised HTML inside our container."""
+    frames = _frames(ip)
+    assert len(frames) >= 2
+    for data in frames[:-1]:
+        assert set(data) == {"text/plain"}, data  # no markup of untrusted text while streaming
+        assert "\x1b" not in data["text/plain"]
+    final = frames[-1]
+    assert set(final) == {"text/html", "text/plain"}
+    assert violations(final["text/html"]) == [], final["text/html"]
+    assert final["text/html"].startswith('<div class="ollama-magic-reply tex2jax_ignore mathjax_ignore">')
+
+
+@pytest.mark.parametrize("name", [*HOSTILE, *IN_CODE, *PAYLOADS])
 def test_hostile_reply_is_inert(nb_shell, ollama_server, name):
-    text = HOSTILE.get(name) or IN_CODE[name]
+    text = HOSTILE.get(name) or IN_CODE.get(name) or PAYLOADS[name]
     ollama_server.reply = text
     ollama_server.token_delay = 0.0005
     assert run(nb_shell, "%%ollama\nsay it").success
     turn = store_of(nb_shell).active.turns[-1]
     assert turn.reply["content"] == text  # stored exactly; only the display is defused
-    shown = [m["data"]["text/markdown"] for m in nb_shell.display_pub.messages if "data" in m]
-    assert len(shown) >= 2
-    for md in shown[:-1]:  # every streamed frame, not only the last
-        assert_inert(md, raw_ok=name in IN_CODE)
-    assert_inert(shown[-1], small=1, raw_ok=name in IN_CODE)
+    assert_frames_inert(nb_shell)
 
 
 def test_hostile_thinking_and_tool_output_are_inert(nb_shell, ollama_server):
     # The test server's thinking echoes the question; the tool result is the model's text too.
     run(nb_shell, "def echo(text: str) -> str:\n    '''Echo.\n\n    Args:\n      text: what to echo\n    '''\n    return text")
-    hostile = "```\n</details><script>alert(1)</script> [x](javascript:alert(1))"
-    assert run(nb_shell, f"%%ollama -m qwen3 --think\n{hostile}").success
-    assert_inert(nb_shell.display_pub.last_markdown, details=1, small=1, raw_ok=True)
-    assert run(nb_shell, f"%%ollama --tools echo\n{hostile}").success
-    assert_inert(nb_shell.display_pub.last_markdown, details=1, small=1, raw_ok=True)
+    for name, hostile in PAYLOADS.items():
+        nb_shell.display_pub.messages.clear()
+        assert run(nb_shell, f"%%ollama -m qwen3 --think\n{hostile}").success, name
+        assert_frames_inert(nb_shell)
+        assert "<details><summary>Thinking</summary>" in _frames(nb_shell)[-1]["text/html"]
+    nb_shell.display_pub.messages.clear()
+    assert run(nb_shell, f"%%ollama --tools echo\n{PAYLOADS['p4_dollar_link']}").success
+    assert_frames_inert(nb_shell)
+    assert "1 tool call" in _frames(nb_shell)[-1]["text/html"]
 
 
-def test_code_stays_readable():
-    """Defusing must not mangle ordinary code: fences and inline code keep `<` and `&`."""
-    text = "Use `a < b && c` here.\n\n```html\n<div class=\"x\">&amp;</div>\n```\n\n1. Step\n   ```\n   x < 3\n   ```"
-    out = safe_markdown(text)
-    assert "`a < b && c`" in out
-    assert "<div class=\"x\">&amp;</div>" in out
-    assert "   x < 3" in out
-    assert safe_markdown("plain **text** with no markup") == "plain **text** with no markup"
-
-
-_MD_PIECES = ["```", "~~~", "`", "``", "<script>x</script>", "<img src=x onerror=y>", "\n", "\n\n", " ", "    ", "\t",
-              "- ", "1. ", "> ", "# ", "[a]", "[b]: ", "(javascript:x)", "javascript:x", "|", "|---|", "\\", "&#x09;",
-              "&", "<", "text", "(", ")", "]", "[", "</details>", "<!--", "*", "~", "![i]", "www.x.y/", "@"]
-
-
-@pytest.mark.skipif(_render_html is None, reason="needs a Markdown renderer (mistune, from nbconvert)")
-def test_fuzzed_markdown_is_inert():
-    from ollama_magic.chat import Reply
-
-    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(st.lists(st.sampled_from(_MD_PIECES), max_size=20), st.lists(st.sampled_from(_MD_PIECES), max_size=20),
-           st.booleans())
-    def check(thinking: list[str], content: list[str], streaming: bool) -> None:
-        view = NotebookView.__new__(NotebookView)  # no display handle needed to build the bundle
-        view.model, view.tools = "m", []
-        view.reply = Reply(parts=["".join(content)], thinking_parts=["".join(thinking)])
-        md = view._bundle(streaming=streaming, footer="" if streaming else "m · 1 tokens")["text/markdown"]
-        try:
-            html_out = _render_html(md)
-        except IndexError:  # mistune's own bug on a fence whose info string is only whitespace
-            return
-        assert not _LIVE_TAG.search(html_out), (md, html_out)
-        assert not _script_urls(html_out), (md, html_out)
-        want = ["details", "details", "summary", "summary"] if "".join(thinking) else []
-        tags = sorted(t.lower() for t in _OUR_TAG.findall(html_out))
-        assert tags == sorted(want + ([] if streaming else ["small", "small"])), (md, html_out)
-
-    check()
+def test_long_reply_live_frames_show_the_tail(nb_shell, ollama_server):
+    ollama_server.reply_tokens = 3000
+    assert run(nb_shell, "%%ollama\nlong").success
+    frames = _frames(nb_shell)
+    live = [f["text/plain"] for f in frames[1:-1]]
+    assert live and all(len(t) < render.LIVE_TAIL + 200 for t in live)
+    assert any("characters so far" in t for t in live)
+    final = store_of(nb_shell).active.turns[-1].reply["content"]
+    assert live[-1].rstrip(" ▌").splitlines()[-1] in final
 
 
 # -- 4. bad input -------------------------------------------------------------------
