@@ -507,6 +507,7 @@ def test_hostile_thinking_and_tool_output_are_inert(nb_shell, ollama_server):
 
 def test_long_reply_live_frames_show_the_tail(nb_shell, ollama_server):
     ollama_server.reply_tokens = 3000
+    ollama_server.token_delay = 0.0005  # 1.5 s of streaming: several frames
     assert run(nb_shell, "%%ollama\nlong").success
     frames = _frames(nb_shell)
     live = [f["text/plain"] for f in frames[1:-1]]
