@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import operator
+from array import array
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -53,6 +55,7 @@ Status = Literal["ok", "interrupted"]
 Rerun = Literal["rewind", "append"]
 
 DEFAULT_CHAT = "default"
+_BIG = 2**63 - 1  # the largest figure the per-turn arrays hold
 # Keys that are stored with a message but never sent back to the model.
 _UNSENT_KEYS = frozenset({"thinking"})
 
@@ -91,10 +94,11 @@ class TurnMeta:
 
     def to_dict(self) -> dict[str, Any]:
         """The fields by name, in declaration order (what a save file holds)."""
-        return {name: getattr(self, name) for name in _META_FIELDS}
+        return dict(zip(_META_FIELDS, _meta_values(self)))
 
 
 _META_FIELDS = tuple(f.name for f in fields(TurnMeta))
+_meta_values = operator.attrgetter(*_META_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,8 +185,8 @@ class Conversation:
     cell index and the cached wire messages can never drift from it.
     """
 
-    __slots__ = ("name", "model", "system", "options", "_turns", "_view", "_cells", "_sent", "_ends",
-                 "_maxp", "_ctx", "_edited", "_generated")
+    __slots__ = ("name", "model", "system", "options", "_turns", "_view", "_cells", "_prev", "_sent",
+                 "_ends", "_maxp", "_ctx", "_edited", "_generated")
 
     def __init__(self, name: str, model: str | None = None, system: str | None = None,
                  options: dict[str, Any] | None = None, turns: Iterable[Turn] = ()) -> None:
@@ -192,11 +196,13 @@ class Conversation:
         self.options: dict[str, Any] = {} if options is None else options
         self._turns: list[Turn] = []
         self._view = TurnsView(self._turns)
-        self._cells: dict[str, list[int]] = {}  # cell id -> positions of its turns, ascending
+        # Per-turn figures live in 64-bit arrays: 8 bytes a turn each, no int objects.
+        self._cells: dict[str, int] = {}  # cell id -> position of its latest turn
+        self._prev = array("q")  # _prev[i]: the position of the same cell's turn before i, or -1
         self._sent: list[Message] = []  # every turn's wire messages, in order
-        self._ends: list[int] = []  # _ends[i]: where turn i's messages end in _sent
-        self._maxp: list[int] = []  # _maxp[i]: largest prompt_eval_count of turns[:i+1]
-        self._ctx: list[int] = []  # _ctx[i]: context_tokens after turns[:i+1]
+        self._ends = array("q")  # _ends[i]: where turn i's messages end in _sent
+        self._maxp = array("q")  # _maxp[i]: largest prompt_eval_count of turns[:i+1]
+        self._ctx = array("q")  # _ctx[i]: context_tokens after turns[:i+1]
         self._edited = 0  # how many turns are edited
         self._generated = 0  # eval_count summed over the turns
         self._splice(0, turns)
@@ -218,44 +224,49 @@ class Conversation:
         return self._view
 
     # -- the one way turns change --------------------------------------------
-    def _splice(self, start: int, new: Iterable[Turn] = ()) -> list[Turn]:
-        """Replace `turns[start:]` by `new`; returns the turns taken out.
+    def _splice(self, start: int, new: Iterable[Turn] = ()) -> None:
+        """Replace `turns[start:]` by `new`.
 
         O(removed + added): the index, wire messages and prefix figures of the
         turns before `start` stay as they are.
         """
-        turns, cells = self._turns, self._cells
-        removed = turns[start:]
-        for i in range(len(turns) - 1, start - 1, -1):  # newest first: each is its cell's last position
-            turn = turns[i]
-            cid = turn.meta.cell_id
-            if cid:
-                positions = cells[cid]
-                positions.pop()
-                if not positions:
-                    del cells[cid]
-            self._edited -= turn.meta.edited
-            self._generated -= turn.tokens
+        turns, cells, prev = self._turns, self._cells, self._prev
+        for i in range(len(turns) - 1, start - 1, -1):  # newest first: each is its cell's latest turn
+            meta = turns[i].meta
+            if meta.cell_id:
+                if prev[i] < 0:
+                    del cells[meta.cell_id]
+                else:
+                    cells[meta.cell_id] = prev[i]
+            self._edited -= meta.edited
+            self._generated -= meta.eval_count or 0
         del turns[start:]
         del self._sent[self._ends[start - 1] if start else 0:]
-        del self._ends[start:], self._maxp[start:], self._ctx[start:]
+        del self._ends[start:], self._maxp[start:], self._ctx[start:], prev[start:]
         for turn in new:
             self._add(turn)
-        return removed
 
     def _add(self, turn: Turn) -> None:
         i = len(self._turns)
         self._turns.append(turn)
         meta = turn.meta
-        if meta.cell_id:
-            self._cells.setdefault(meta.cell_id, []).append(i)
+        cid = meta.cell_id
+        if cid:
+            self._prev.append(self._cells.get(cid, -1))
+            self._cells[cid] = i
+        else:
+            self._prev.append(-1)
         self._sent.extend(turn.sent())
         self._ends.append(len(self._sent))
         prompt = meta.prompt_eval_count
-        self._maxp.append(max(self._maxp[-1] if i else 0, prompt or 0))
-        self._ctx.append(prompt + (meta.eval_count or 0) if prompt is not None else (self._ctx[-1] if i else 0))
+        if prompt is None:
+            self._maxp.append(self._maxp[-1] if i else 0)
+            self._ctx.append(self._ctx[-1] if i else 0)
+        else:  # (clamped: the counts come from the server, the arrays hold 64-bit numbers)
+            self._maxp.append(min(max(self._maxp[-1] if i else 0, prompt), _BIG))
+            self._ctx.append(max(min(prompt + (meta.eval_count or 0), _BIG), -_BIG))
         self._edited += meta.edited
-        self._generated += turn.tokens
+        self._generated += meta.eval_count or 0
 
     def _set(self, index: int, turn: Turn) -> Turn:
         """Replace one turn; returns the old one (what an edit does)."""
@@ -290,12 +301,18 @@ class Conversation:
         """Index of the (latest) turn owned by `cell_id`, if any (O(1))."""
         if not cell_id:
             return None
-        positions = self._cells.get(cell_id)
-        return positions[-1] if positions else None
+        return self._cells.get(cell_id)
 
     def cell_ids(self) -> dict[str, list[int]]:
-        """Every cell id that owns turns, with their positions (a copy)."""
-        return {cid: list(pos) for cid, pos in self._cells.items()}
+        """Every cell id that owns turns, with their positions, ascending."""
+        out = {}
+        for cid, i in self._cells.items():
+            positions = []
+            while i >= 0:
+                positions.append(i)
+                i = self._prev[i]
+            out[cid] = positions[::-1]
+        return out
 
     @property
     def generated_tokens(self) -> int:
