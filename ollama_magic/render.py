@@ -17,6 +17,7 @@ long one shows its growing tail with a character count, a frame every
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -27,13 +28,23 @@ from . import safe
 from .chat import Reply
 
 __all__ = ["LIVE_RATIO", "LIVE_SLACK", "LIVE_TAIL", "LiveBudget", "NotebookView", "TerminalView",
-           "View", "footer_text"]
+           "View", "fence", "footer_text"]
 
 LIVE_TAIL = 1500  # characters of the reply a live frame shows at most
 LIVE_RATIO = 3.0  # live bytes per character of the reply, at most
 LIVE_SLACK = 3000  # bytes of live frames allowed before the budget counts
 MESSAGE_COST = 700  # what one display message costs on iopub besides its text (header, ids)
 _LABEL = 80  # the live frame's own words around the text, at most
+
+
+_TICKS = re.compile(r"`+")
+
+
+def fence(text: str, info: str = "text") -> str:
+    """A fenced block that `text` cannot close, however many backticks it holds (for prompts we build)."""
+    longest = max((len(m.group(0)) for m in _TICKS.finditer(text)), default=0)
+    ticks = "`" * max(3, longest + 1)
+    return f"{ticks}{info}\n{text}\n{ticks}"
 
 
 # -- footer -------------------------------------------------------------------
