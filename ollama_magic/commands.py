@@ -390,6 +390,7 @@ CELL_HELP = """\
   --out VAR               also put the reply (or parsed JSON) into VAR
   --no-stream             one request without streaming
   --code                  put the reply's first code block into the next cell
+  --fresh                 ask the model even if the journal could replay this request
   --cells N               put the last N cells run (code and Out) before the question
   --file PATH             attach a text file as a fenced block (repeatable)
   {name} in the cell is replaced by the value as a model reads it (DataFrames as

@@ -24,12 +24,14 @@ from typing import TYPE_CHECKING, Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
-from traitlets import Bool, Dict, Enum, Float, Int, Unicode, default
+from traitlets import Bool, Dict, Enum, Float, Int, Unicode, default, observe
 
 from . import chat, context
 from .commands import Subcommands
 from .errors import OllamaMagicError, did_you_mean, is_http_status, redact_host, translate
 from .interpolate import default_renderer, interpolate_refs
+from .journal import Journal, default_path, session_key
+from .journal_commands import JournalCommands
 from .parsing import first_code_block, parse_options, split_args
 from .routing import Target, target_chat
 from .render import NotebookView, TerminalView, View, footer_text
@@ -73,7 +75,7 @@ class SecretDict(Dict):  # type: ignore[type-arg]
 
 
 @magics_class
-class OllamaMagics(Subcommands, Magics):
+class OllamaMagics(JournalCommands, Subcommands, Magics):
     """Chat with an Ollama model from notebook cells; each cell continues the conversation."""
 
     host = Unicode(None, allow_none=True, help="Ollama server URL; default: $OLLAMA_HOST, else http://127.0.0.1:11434.").tag(config=True)
@@ -89,10 +91,23 @@ class OllamaMagics(Subcommands, Magics):
     undo_depth = Int(100, help="Undo steps kept per chat.").tag(config=True)
     warn_context = Bool(True, help="Warn when a prompt nears or passes the context window.").tag(config=True)
     max_var_chars = Int(8000, help="Most characters one {name}, --cells cell or --file puts into a prompt (the rest is cut, with a note).").tag(config=True)
+    db = Unicode(help="SQLite journal that keeps every chat across kernels; '' turns it off. Default: $OLLAMA_MAGIC_DB, else ollama_magic.db in the IPython profile directory.").tag(config=True)
+    restore = Enum(["auto", "off"], "auto", help="On %load_ext, bring back this notebook's journaled chats (auto) or start empty (off).").tag(config=True)
+    replay = Bool(True, help="Answer a request an earlier kernel of this notebook already asked from the journal (--fresh asks anyway).").tag(config=True)
 
     @default("model")
     def _default_model(self) -> str | None:
         return os.environ.get("OLLAMA_MODEL") or None
+
+    @default("db")
+    def _default_db(self) -> str:
+        return default_path(self.shell)
+
+    @observe("db")
+    def _db_changed(self, change: Any) -> None:
+        if hasattr(self, "journal"):  # a new file from the next change on (no restore)
+            self.journal.close()
+            self._open_journal(restore=False)
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
@@ -104,11 +119,19 @@ class OllamaMagics(Subcommands, Magics):
         self._auto_model: str | None = None
         self._windows: dict[tuple[str, str], tuple[float, int | None]] = {}
         self.panels: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._open_journal(restore=self.restore == "auto")
+
+    def _open_journal(self, *, restore: bool) -> None:
+        key, notebook = session_key(self.shell)
+        self.journal = Journal(self.db, key, notebook=notebook)
+        if restored := self.journal.attach(self.store, restore=restore):
+            print(restored.line())
 
     def close(self) -> None:
         """Close every open history panel (they listen to the store)."""
         for panel in list(self.panels):
             panel.close()
+        self.journal.close()
 
     # -- kernel events ---------------------------------------------------
     def pre_run_cell(self, info: Any) -> None:
@@ -206,6 +229,7 @@ class OllamaMagics(Subcommands, Magics):
     @argument("--code", action="store_true", help="put the reply's first code block into the next cell")
     @argument("--cells", type=int, metavar="N", help="put the code and results of the last N cells run before the question")
     @argument("--file", action="append", metavar="PATH", help="attach a text file as a fenced block (repeatable)")
+    @argument("--fresh", action="store_true", help="ask the model even if the journal could replay this exact request")
     @line_cell_magic
     def ollama(self, line: str, cell: str | None = None) -> Any:
         """Chat with Ollama. `%%ollama [options]` sends the cell; `%ollama help` lists the subcommands."""
@@ -271,7 +295,8 @@ class OllamaMagics(Subcommands, Magics):
         view: View = NotebookView(model, rate=self.display_rate) if self._is_rich() else TerminalView(model)
         exchange: list[dict[str, Any]] = []
         try:
-            exchange, reply = chat.converse(client, request, view, max_tool_rounds=self.max_tool_rounds)
+            exchange, reply = (self.journal.replay(request, view, fresh=args.fresh or not self.replay)
+                               or chat.converse(client, request, view, max_tool_rounds=self.max_tool_rounds))
         except KeyboardInterrupt:
             self._interrupted(view, args, user, cell_id, model, started_at, target)
             raise
@@ -309,6 +334,7 @@ class OllamaMagics(Subcommands, Magics):
         else:
             notes.append("not stored (--once)")
         self.last_reply = reply.content
+        notes += self.journal.notes()
         view.finish(footer_text(model, reply.stats, seconds, notes), ignored_calls=ignored)
         self._deliver(args, reply.content)
 

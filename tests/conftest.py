@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import tempfile
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +14,25 @@ from IPython.core.displaypub import DisplayPublisher
 from IPython.core.interactiveshell import InteractiveShell
 
 pytest_plugins = ["ollama_magic.testing"]  # the ollama_server fixture
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_journal() -> Iterator[str]:
+    """No test writes the real ~/.ipython: the journal (and any profile) lives in a temp dir.
+
+    Set in os.environ, so kernels started as subprocesses inherit it too; a
+    JPY_SESSION_NAME of the shell running pytest must not make tests a notebook.
+    """
+    saved = {k: os.environ.get(k) for k in ("OLLAMA_MAGIC_DB", "JPY_SESSION_NAME")}
+    with tempfile.TemporaryDirectory(prefix="ollama-magic-journal-") as tmp:
+        os.environ["OLLAMA_MAGIC_DB"] = os.path.join(tmp, "journal.db")
+        os.environ.pop("JPY_SESSION_NAME", None)
+        yield tmp
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 class RecordingPublisher(DisplayPublisher):
