@@ -428,9 +428,9 @@ class Journal:
         now = time.time()
         found = conn.execute("SELECT id, seq FROM sessions WHERE key = ?", (self.key,)).fetchone()
         if found is None:
-            sid = conn.execute(
+            sid = int(conn.execute(
                 "INSERT INTO sessions (key, notebook, seq, created, updated) VALUES (?, ?, 0, ?, ?)",
-                (self.key, int(self.notebook), now, now)).lastrowid
+                (self.key, int(self.notebook), now, now)).lastrowid or 0)
             seq = 0
         else:
             sid, seq = found

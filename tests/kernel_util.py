@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -38,6 +39,21 @@ class Execution:
                 parts.append("\n".join(content["traceback"]))
         return "\n".join(parts)
 
+    @property
+    def shown(self) -> str:
+        """What the cell finally shows, as text: each display as its last update, plain text."""
+        shown: dict[str, str] = {}
+        for i, msg in enumerate(self.outputs):
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                shown[f"stream{i}"] = content["text"]
+            elif kind in ("display_data", "update_display_data", "execute_result"):
+                key = (content.get("transient") or {}).get("display_id") or f"out{i}"
+                shown[key] = content.get("data", {}).get("text/plain", "")
+            elif kind == "error":
+                shown[f"error{i}"] = f"{content['ename']}: {content['evalue']}"
+        return "\n".join(shown.values())
+
 
 class Kernel:
     def __init__(self, km: KernelManager) -> None:
@@ -70,6 +86,12 @@ class Kernel:
 
     def execute(self, code: str, cell_id: str | None = None, timeout: float = 60) -> Execution:
         return self.collect(self.send(code, cell_id), timeout)
+
+    def kill9(self) -> None:
+        """SIGKILL the kernel process, as the OOM killer or a crash would."""
+        process = self.km.provisioner.process  # type: ignore[union-attr]
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
 
     def wait_for_output(self, msg_id: str, needle: str, timeout: float = 30) -> list[dict[str, Any]]:
         """Read iopub until an output of `msg_id` contains `needle` (those messages are returned)."""

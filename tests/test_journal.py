@@ -1,0 +1,461 @@
+"""The journal in one process: settings, sessions, replay rules, concurrency, broken files, secrets.
+
+A "new kernel" here is a reload of the extension with a new `journal.KERNEL`
+(what a new process gets); the real-kernel proofs are in test_journal_kernel.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from IPython.core.error import UsageError
+
+from conftest import interrupt_main_after, magics_of, run
+from ollama_magic import journal as journal_mod
+from ollama_magic.chat import ChatRequest
+from ollama_magic.journal import Journal, request_key
+from ollama_magic.store import ConversationStore, Turn, TurnMeta
+
+
+def users(body: dict[str, Any]) -> list[str]:
+    return [m["content"] for m in body["messages"] if m["role"] == "user"]
+
+
+@pytest.fixture
+def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "journal" / "j.db"  # the folder does not exist yet
+    monkeypatch.setenv("OLLAMA_MAGIC_DB", str(path))
+    return path
+
+
+def new_kernel(ip: Any, monkeypatch: pytest.MonkeyPatch, capsys: Any, notebook: Path | None) -> str:
+    """What a kernel restart does to the journal: a new process id, a fresh %load_ext."""
+    monkeypatch.setattr(journal_mod, "KERNEL", uuid.uuid4().hex)
+    if notebook is None:
+        monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    else:
+        monkeypatch.setenv("JPY_SESSION_NAME", str(notebook))
+    capsys.readouterr()
+    ip.run_line_magic("reload_ext", "ollama_magic")
+    out = capsys.readouterr()
+    ip.run_line_magic("ollama", "model llama3.2")
+    return out.out + out.err
+
+
+def turns_of(ip: Any) -> list[str]:
+    return [t.user["content"] for t in magics_of(ip).store.active.turns]
+
+
+# -- settings and keys ---------------------------------------------------------------
+def test_default_path_is_in_the_profile_and_env_overrides(shell, monkeypatch):
+    monkeypatch.delenv("OLLAMA_MAGIC_DB")
+    assert journal_mod.default_path(shell) == os.path.join(shell.profile_dir.location, "ollama_magic.db")
+    monkeypatch.setenv("OLLAMA_MAGIC_DB", "/elsewhere/x.db")
+    assert journal_mod.default_path(shell) == "/elsewhere/x.db"
+
+
+def test_session_key_order_and_absolute(shell, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    shell.user_ns.pop("__vsc_ipynb_file__", None)
+    shell.user_ns["__session__"] = "c.ipynb"
+    assert journal_mod.session_key(shell) == (str(tmp_path / "c.ipynb"), True)
+    shell.user_ns["__vsc_ipynb_file__"] = "b.ipynb"
+    assert journal_mod.session_key(shell) == (str(tmp_path / "b.ipynb"), True)
+    monkeypatch.setenv("JPY_SESSION_NAME", "sub/../a.ipynb")
+    assert journal_mod.session_key(shell) == (str(tmp_path / "a.ipynb"), True)
+    del shell.user_ns["__session__"], shell.user_ns["__vsc_ipynb_file__"]
+    monkeypatch.delenv("JPY_SESSION_NAME")
+    key, notebook = journal_mod.session_key(shell)
+    assert key.startswith("console:") and not notebook
+
+
+def test_off_writes_nothing(shell, ollama_server, db, monkeypatch, capsys):
+    monkeypatch.setenv("OLLAMA_MAGIC_DB", "")
+    shell.run_line_magic("reload_ext", "ollama_magic")
+    shell.run_line_magic("ollama", "model llama3.2")
+    run(shell, "%%ollama\nhello", "a")
+    assert not magics_of(shell).journal.enabled and not db.parent.exists()
+    with pytest.raises(UsageError, match="journal is off"):
+        shell.run_line_magic("ollama", "sessions")
+    shell.run_line_magic("config", f"OllamaMagics.db = {str(db)!r}")  # on again: from the next change
+    run(shell, "%%ollama\nagain", "b")
+    assert db.exists() and oct(db.stat().st_mode & 0o777) == "0o600"
+    assert oct(db.parent.stat().st_mode & 0o777) == "0o700"
+
+
+def test_console_is_journaled_but_not_restored_automatically(shell, ollama_server, db, monkeypatch, capsys):
+    new_kernel(shell, monkeypatch, capsys, None)
+    run(shell, "%%ollama\nin a console")
+    shell.run_line_magic("reload_ext", "ollama_magic")  # same process: same console key
+    assert turns_of(shell) == []
+    capsys.readouterr()
+    shell.run_line_magic("ollama", "restore")
+    assert "restored 1 chat, 1 turn from" in capsys.readouterr().out
+    assert turns_of(shell) == ["in a console"]
+
+
+# -- restore --------------------------------------------------------------------------
+def test_restore_off_and_restore_on_demand_after_a_rename(shell, ollama_server, db, monkeypatch, capsys, tmp_path):
+    old, new = tmp_path / "old.ipynb", tmp_path / "new.ipynb"
+    new_kernel(shell, monkeypatch, capsys, old)
+    run(shell, "%%ollama\nasked in old", "a")
+    shell.run_line_magic("config", "OllamaMagics.restore = 'off'")
+    monkeypatch.setattr(journal_mod, "KERNEL", uuid.uuid4().hex)
+    shell.run_line_magic("reload_ext", "ollama_magic")  # the %config stays in the shell's config
+    assert turns_of(shell) == []
+    shell.config.pop("OllamaMagics", None)
+    assert "restored 1 chat, 1 turn" in new_kernel(shell, monkeypatch, capsys, old)
+    assert "restored" not in new_kernel(shell, monkeypatch, capsys, new)  # renamed: nothing for it
+    shell.run_line_magic("ollama", f"restore {old}")
+    assert turns_of(shell) == ["asked in old"]
+    # The rename's journal now holds the chats (and replays them, as the old one would).
+    assert "restored 1 chat, 1 turn" in new_kernel(shell, monkeypatch, capsys, new)
+    ollama_server.reset()
+    run(shell, "%%ollama\nasked in old", "a")
+    assert ollama_server.chat_requests() == []
+    with pytest.raises(UsageError, match="holds nothing for"):
+        shell.run_line_magic("ollama", f"restore {tmp_path / 'never.ipynb'}")
+
+
+def test_restore_keeps_the_cell_index_and_undo(shell, ollama_server, db, monkeypatch, capsys, tmp_path):
+    nb = tmp_path / "n.ipynb"
+    new_kernel(shell, monkeypatch, capsys, nb)
+    for cid in "abc":
+        run(shell, f"%%ollama\nq {cid}", cid)
+    new_kernel(shell, monkeypatch, capsys, nb)
+    run(shell, "%%ollama --fresh\nq b, better", "b")  # the restored cell id still rewinds
+    assert turns_of(shell) == ["q a", "q b, better"]
+    assert users(ollama_server.last_chat()) == ["q a", "q b, better"]
+    shell.run_line_magic("ollama", "undo")
+    assert turns_of(shell) == ["q a", "q b", "q c"]
+
+
+# -- replay ---------------------------------------------------------------------------
+def test_replay_rules(shell, ollama_server, db, monkeypatch, capsys, tmp_path):
+    nb = tmp_path / "r.ipynb"
+    new_kernel(shell, monkeypatch, capsys, nb)
+    run(shell, "%%ollama\nfirst", "a")
+    run(shell, "%%ollama -o seed=1\nsecond", "b")
+    ollama_server.token_delay, ollama_server.reply_tokens = 0.05, 200
+    timer = interrupt_main_after(0.4)
+    try:
+        run(shell, "%%ollama\ncut short", "c")
+    finally:
+        timer.cancel()
+    assert magics_of(shell).store.active.turns[-1].meta.status == "interrupted"
+    ollama_server.reset()
+
+    new_kernel(shell, monkeypatch, capsys, nb)
+    ollama_server.reset()
+    run(shell, "%%ollama\nfirst", "a")
+    run(shell, "%%ollama -o seed=2\nsecond", "b")  # another option: another request
+    run(shell, "%%ollama\ncut short", "c")  # interrupted turns are never replayed
+    asked = [users(b)[-1] for b in ollama_server.chat_requests()]
+    assert asked == ["second", "cut short"]
+    # replay = False asks always.
+    new_kernel(shell, monkeypatch, capsys, nb)
+    shell.run_line_magic("config", "OllamaMagics.replay = False")
+    ollama_server.reset()
+    run(shell, "%%ollama\nfirst", "a")
+    assert len(ollama_server.chat_requests()) == 1
+    shell.config.pop("OllamaMagics", None)
+
+
+def test_replayed_turn_renders_like_a_live_one(nb_shell, ollama_server, db, monkeypatch, capsys, tmp_path):
+    nb = tmp_path / "v.ipynb"
+    new_kernel(nb_shell, monkeypatch, capsys, nb)
+    run(nb_shell, "%%ollama --think\nthink about *this*", "a")
+    live = nb_shell.display_pub.last_markdown
+    new_kernel(nb_shell, monkeypatch, capsys, nb)
+    ollama_server.reset()
+    run(nb_shell, "%%ollama --think\nthink about *this*", "a")
+    replayed = nb_shell.display_pub.last_markdown
+    assert ollama_server.chat_requests() == []
+    assert "replayed from " in replayed and "--fresh" in replayed
+    assert replayed.split("<small>")[0] == live.split("<small>")[0]  # same body, through the same view
+    turn = magics_of(nb_shell).store.active.turns[-1]
+    assert turn.reply.get("thinking") and turn.meta.eval_count
+
+
+def test_request_key_covers_the_whole_request():
+    base = ChatRequest("m", [{"role": "user", "content": "hi"}])
+
+    def tool_a(x: int) -> int:
+        """Double x."""
+        return 2 * x
+
+    def tool_b(x: str) -> int:
+        """Double x."""
+        return 2
+
+    variants = [
+        base, ChatRequest("m2", base.messages), ChatRequest("m", [{"role": "user", "content": "hi!"}]),
+        ChatRequest("m", base.messages, {"seed": 1}), ChatRequest("m", base.messages, format="json"),
+        ChatRequest("m", base.messages, think=True), ChatRequest("m", base.messages, tools={"tool_a": tool_a}),
+        ChatRequest("m", [{"role": "user", "content": "hi", "images": ["aGk="]}]),
+    ]
+    keys = [request_key(r) for r in variants]
+    assert len(set(keys)) == len(keys)
+    renamed = {"tool_a": tool_b}
+    tool_b.__name__ = "tool_a"  # same name, another schema
+    assert request_key(ChatRequest("m", base.messages, tools=renamed)) != keys[6]
+    assert request_key(ChatRequest("m", list(base.messages), {}, stream=False)) == keys[0]
+
+
+# -- several notebooks, several writers -------------------------------------------------
+def test_two_notebooks_in_one_journal_stay_apart(shell, ollama_server, db, monkeypatch, capsys, tmp_path):
+    a, b = tmp_path / "a.ipynb", tmp_path / "b.ipynb"
+    new_kernel(shell, monkeypatch, capsys, a)
+    run(shell, "%%ollama\nonly in a", "x")
+    new_kernel(shell, monkeypatch, capsys, b)
+    assert turns_of(shell) == []
+    ollama_server.reset()
+    run(shell, "%%ollama\nonly in a", "x")  # same request, other notebook: asked, not replayed
+    run(shell, "%%ollama\nonly in b", "y")
+    assert len(ollama_server.chat_requests()) == 2
+    new_kernel(shell, monkeypatch, capsys, a)
+    assert turns_of(shell) == ["only in a"]
+    capsys.readouterr()
+    shell.run_line_magic("ollama", "sessions")
+    out = capsys.readouterr().out
+    assert f"{a}" in out and f"{b}" in out and "2 sessions" in out
+    assert any(line.startswith("*") and line.endswith(str(a)) for line in out.splitlines())
+
+
+def test_two_kernels_of_one_notebook_last_change_wins(tmp_path):
+    path = tmp_path / "j.db"
+    said: list[str] = []
+    one, two = ConversationStore(), ConversationStore()
+    j1 = Journal(path, "/nb.ipynb", notebook=True, say=said.append)
+    j1.attach(one, restore=True)
+    one.commit(Turn.of({"role": "user", "content": "from one"}, {"role": "assistant", "content": "a"}))
+    j2 = Journal(path, "/nb.ipynb", notebook=True, say=said.append)
+    assert j2.attach(two, restore=True) is not None and len(two.active.turns) == 1
+    two.commit(Turn.of({"role": "user", "content": "from two"}, {"role": "assistant", "content": "b"}))
+    assert said == []
+    one.set_system("one's system")  # one is told, and its state becomes the journal's
+    assert len(said) == 1 and "another kernel changed this notebook's journal" in said[0]
+    three = ConversationStore()
+    Journal(path, "/nb.ipynb", notebook=True).attach(three, restore=True)
+    assert [t.user["content"] for t in three.active.turns] == ["from one"]
+    assert three.active.system == "one's system"
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    from ollama_magic.journal import Journal
+    from ollama_magic.store import ConversationStore, Turn
+    path, key, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    said = []
+    store = ConversationStore()
+    journal = Journal(path, key, notebook=True, say=said.append)
+    journal.attach(store)
+    for i in range(n):
+        store.commit(Turn.of({"role": "user", "content": f"{key} {i}"}, {"role": "assistant", "content": "ok"}))
+    journal.write()  # anything a busy moment left out
+    print(len(said))
+""")
+
+
+def test_two_processes_writing_at_once(tmp_path):
+    path = tmp_path / "j.db"
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), f"/nb{i}.ipynb", "150"],
+                              stdout=subprocess.PIPE, text=True) for i in range(2)]
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    for i in range(2):
+        store = ConversationStore()
+        Journal(path, f"/nb{i}.ipynb", notebook=True).attach(store, restore=True)
+        assert [t.user["content"] for t in store.active.turns] == [f"/nb{i}.ipynb {n}" for n in range(150)]
+
+
+# -- broken journals ----------------------------------------------------------------------
+def _write_session(path: Path, key: str = "/nb.ipynb", text: str = "kept") -> None:
+    store = ConversationStore()
+    journal = Journal(path, key, notebook=True)
+    journal.attach(store)
+    store.commit(Turn.of({"role": "user", "content": text}, {"role": "assistant", "content": "yes"}))
+    journal.close()  # as the kernel that wrote it has ended (and its open file with it)
+
+
+def _chat_in_memory(ip: Any, server: Any, n: int = 2, before: tuple[str, ...] = ()) -> None:
+    for i in range(n):
+        run(ip, f"%%ollama\nturn {i}", f"t{i}")
+    assert turns_of(ip) == [*before, *(f"turn {i}" for i in range(n))]  # the kernel goes on
+
+
+def test_corrupt_journal_says_so_once_and_is_left_alone(shell, ollama_server, db, monkeypatch, capsys, tmp_path):
+    db.parent.mkdir()
+    db.write_bytes(b"this is not a database " * 100)
+    out = new_kernel(shell, monkeypatch, capsys, tmp_path / "n.ipynb")
+    _chat_in_memory(shell, ollama_server)
+    err = out + capsys.readouterr().err
+    assert err.count("is not a readable database") == 1
+    assert db.read_bytes() == b"this is not a database " * 100
+
+
+def test_newer_schema_is_not_touched(shell, ollama_server, db, monkeypatch, capsys, tmp_path):
+    _write_session(db, str(tmp_path / "n.ipynb"))
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA user_version = 99")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    before = db.read_bytes()
+    out = new_kernel(shell, monkeypatch, capsys, tmp_path / "n.ipynb")
+    _chat_in_memory(shell, ollama_server)
+    err = out + capsys.readouterr().err
+    assert err.count("from a newer ollama_magic (schema 99") == 1 and "restored" not in err
+    assert db.read_bytes() == before
+
+
+def test_locked_journal_goes_on_in_memory_and_catches_up(shell, ollama_server, db, monkeypatch, capsys, tmp_path):
+    nb = tmp_path / "n.ipynb"
+    new_kernel(shell, monkeypatch, capsys, nb)
+    run(shell, "%%ollama\nbefore the lock", "a")
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        capsys.readouterr()
+        run(shell, "%%ollama\nwhile locked", "b")
+        run(shell, "%%ollama\nstill locked", "c")
+        assert capsys.readouterr().err.count("is locked by another process") == 1
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    run(shell, "%%ollama\nafter the lock", "d")
+    assert "locked" not in capsys.readouterr().err
+    new_kernel(shell, monkeypatch, capsys, nb)
+    assert turns_of(shell) == ["before the lock", "while locked", "still locked", "after the lock"]
+
+
+def test_full_disk_goes_on_in_memory(shell, ollama_server, db, monkeypatch, capsys, tmp_path):
+    new_kernel(shell, monkeypatch, capsys, tmp_path / "n.ipynb")
+    run(shell, "%%ollama\nsmall", "a")
+    conn = magics_of(shell).journal._conn
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages}")  # SQLITE_FULL, as on a full disk
+    capsys.readouterr()
+    for i in range(3):
+        run(shell, "%%ollama\n" + "big " * 4000, f"b{i}")
+    assert capsys.readouterr().err.count("is on a full disk") == 1
+    assert len(magics_of(shell).store.active.turns) == 4
+
+
+def _make_read_only(path: Path) -> None:
+    os.chmod(path, 0o400)
+    if os.geteuid() == 0:  # root writes through file modes; an immutable file it cannot
+        subprocess.run(["chattr", "+i", str(path)], check=True)
+
+
+def _undo_read_only(path: Path) -> None:
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+    os.chmod(path, 0o600)
+
+
+def test_read_only_journal_restores_and_goes_on_in_memory(shell, ollama_server, db, monkeypatch, capsys, tmp_path):
+    nb = tmp_path / "n.ipynb"
+    db.parent.mkdir()
+    _write_session(db, str(nb))
+    sqlite3.connect(db).execute("PRAGMA wal_checkpoint(TRUNCATE)").connection.close()
+    before = db.read_bytes()
+    _make_read_only(db)
+    try:
+        out = new_kernel(shell, monkeypatch, capsys, nb)
+        assert "restored 1 chat, 1 turn" in out  # reading needs no write
+        _chat_in_memory(shell, ollama_server, before=("kept",))
+        err = capsys.readouterr().err
+        assert err.count("ollama_magic: the journal") == 1 and "read-only" in err
+        assert db.read_bytes() == before
+    finally:
+        _undo_read_only(db)
+
+
+# -- secrets, forget, log ----------------------------------------------------------------------
+def test_the_journal_holds_no_secret(shell, ollama_server, db, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("OLLAMA_API_KEY", "sk-APIKEY-0123456789")
+    user_host = ollama_server.host.replace("http://", "http://alice:PASSWORD-s3cret@")
+    new_kernel(shell, monkeypatch, capsys, tmp_path / "n.ipynb")
+    shell.run_line_magic("config", f"OllamaMagics.host = {user_host!r}")
+    shell.run_line_magic("config", "OllamaMagics.headers = {'Authorization': 'Bearer HEADER-VALUE-42'}")
+    run(shell, "%%ollama\nhello", "a")
+    shell.config.pop("OllamaMagics", None)
+    assert ollama_server.chat_requests()  # it did talk to the server with them
+    blob = b"".join(p.read_bytes() for p in db.parent.glob("j.db*"))
+    assert b"hello" in blob
+    for secret in (b"sk-APIKEY-0123456789", b"PASSWORD-s3cret", b"HEADER-VALUE-42", b"alice"):
+        assert secret not in blob
+
+
+def test_forget_and_undo(shell, ollama_server, db, monkeypatch, capsys, tmp_path):
+    nb = tmp_path / "n.ipynb"
+    new_kernel(shell, monkeypatch, capsys, nb)
+    run(shell, "%%ollama\nsomething private", "a")
+    capsys.readouterr()
+    shell.run_line_magic("ollama", "forget")
+    assert "Forgot this notebook's journal (1 turn)" in capsys.readouterr().out
+    run(shell, "%%ollama\nnot journaled either", "b")
+    blob = b"".join(p.read_bytes() for p in db.parent.glob("j.db*"))
+    assert b"something private" not in blob and b"not journaled" not in blob
+    assert turns_of(shell) == ["something private", "not journaled either"]  # memory keeps them
+    shell.run_line_magic("ollama", "forget --undo")
+    new_kernel(shell, monkeypatch, capsys, nb)
+    assert turns_of(shell) == ["something private", "not journaled either"]
+    with pytest.raises(UsageError, match="nothing to bring back"):
+        shell.run_line_magic("ollama", "forget --undo")
+    shell.run_line_magic("ollama", "forget")
+    new_kernel(shell, monkeypatch, capsys, nb)
+    assert turns_of(shell) == []
+
+
+@pytest.mark.parametrize("fts", [True, False])
+def test_log_searches_every_notebook(shell, ollama_server, db, monkeypatch, capsys, tmp_path, fts):
+    new_kernel(shell, monkeypatch, capsys, tmp_path / "a.ipynb")
+    run(shell, "%%ollama\nTell me about zebras", "a")
+    new_kernel(shell, monkeypatch, capsys, tmp_path / "b.ipynb")
+    run(shell, "%%ollama -c wild\nAnd zebras \x1b[31min red\x1b[0m?", "b")
+    run(shell, "%%ollama\nsomething else 100%_", "c")
+    magics_of(shell).journal._fts = fts and magics_of(shell).journal._fts
+    capsys.readouterr()
+    shell.run_line_magic("ollama", "log zebras")
+    out = capsys.readouterr().out
+    assert str(tmp_path / "a.ipynb") in out and str(tmp_path / "b.ipynb") in out and "chat wild" in out
+    assert "\x1b" not in out and "\\x1b[31m" in out
+    assert "something else" not in out
+    shell.run_line_magic("ollama", "log 100%_")
+    assert "something else" in capsys.readouterr().out
+    shell.run_line_magic("ollama", "log no-such-words-anywhere")
+    assert "No journaled turn contains" in capsys.readouterr().out
+
+
+def test_journal_rows_are_append_only_per_turn(tmp_path):
+    """A new turn is one INSERT, whatever the length of the chat (no rewrite)."""
+    path = tmp_path / "j.db"
+    store = ConversationStore()
+    journal = Journal(path, "/nb.ipynb", notebook=True)
+    journal.attach(store)
+    for i in range(50):
+        store.commit(Turn((({"role": "user", "content": f"q{i}"}), {"role": "assistant", "content": "a"}),
+                          TurnMeta(cell_id=f"c{i}")))
+    conn = journal._conn
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    store.commit(Turn.of({"role": "user", "content": "one more"}, {"role": "assistant", "content": "b"}))
+    writes = [s for s in statements if s.split()[0].upper() in ("INSERT", "UPDATE", "DELETE")]
+    assert len([s for s in writes if s.startswith("INSERT INTO turns")]) == 1
+    assert all(not s.startswith("UPDATE turns") for s in writes)
+    rows = json.loads(conn.execute("SELECT messages FROM turns ORDER BY id DESC LIMIT 1").fetchone()[0])
+    assert rows[0]["content"] == "one more"
