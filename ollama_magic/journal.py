@@ -276,7 +276,7 @@ class Journal:
         found = None
         if restore and self.notebook and self.path is not None:
             try:
-                found = self.restore()
+                found = self.restore(undoable=False)  # a new kernel has no earlier state to undo to
             except Exception as exc:
                 self._fail(exc)
         self._unsubscribe = store.subscribe(self._on_event)
@@ -544,7 +544,7 @@ class Journal:
             request, kernel, origin = self._request_of(turn, replaced), KERNEL, time.time()
             if self._pending is not None and request == self._pending[0] and self._pending[2]:
                 origin = self._pending[2]  # a replayed reply dates from when the model gave it
-        meta = {k: v for k, v in vars(turn.meta).items()}
+        meta = turn.meta.to_dict()
         rowid = int(conn.execute(
             "INSERT INTO turns (chat, pos, live, messages, meta, status, request, kernel, origin) "
             "VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?)",
@@ -575,28 +575,29 @@ class Journal:
         if found is None:
             return None
         sid, active, seq, updated = found
-        chats: dict[int, tuple[Conversation, _Chat]] = {}
+        heads: dict[int, tuple[str, str | None, str | None, str]] = {}
         for cid, name, model, system, options in conn.execute(
                 "SELECT id, name, model, system, options FROM chats WHERE session = ? AND removed = 0 "
                 "ORDER BY pos, id", (sid,)):
-            conv = Conversation(name, model, system, dict(json.loads(options or "{}")))
-            chats[cid] = (conv, _Chat(cid, (model, system, options), []))
+            heads[cid] = (name, model, system, options or "{}")
+        rows: dict[int, list[_Row]] = {cid: [] for cid in heads}
         for rowid, cid, messages, meta, request, kernel, origin in conn.execute(
                 "SELECT id, chat, messages, meta, request, kernel, origin FROM turns "
                 "WHERE live = 1 AND chat IN (SELECT id FROM chats WHERE session = ? AND removed = 0) "
                 "ORDER BY chat, pos", (sid,)):
-            conv, chat = chats[cid]
             info = {k: v for k, v in json.loads(meta).items() if k in _TURN_FIELDS}
             turn = Turn(tuple(json.loads(messages)), TurnMeta(**info))
-            conv.turns.append(turn)
-            chat.rows.append(_Row(turn, rowid, request, kernel, origin))
-        for conv, chat in chats.values():
-            chat.header = _header(conv)  # as this kernel will compare it
-        return Restored(key, [c for c, _ in chats.values()], active, updated, seq,
-                        {c.name: m for c, m in chats.values()})
+            rows[cid].append(_Row(turn, rowid, request, kernel, origin))
+        convs: list[Conversation] = []
+        mirror: dict[str, _Chat] = {}
+        for cid, (name, model, system, options) in heads.items():
+            conv = Conversation(name, model, system, dict(json.loads(options)), [r.turn for r in rows[cid]])
+            convs.append(conv)
+            mirror[name] = _Chat(cid, _header(conv), rows[cid])  # the header as this kernel compares it
+        return Restored(key, convs, active, updated, seq, mirror)
 
-    def restore(self, key: str | None = None) -> Restored | None:
-        """Bring a notebook's journaled chats into the store (undoable, like a load)."""
+    def restore(self, key: str | None = None, *, undoable: bool = True) -> Restored | None:
+        """Bring a notebook's journaled chats into the store (undoable, like a load, unless on load)."""
         store = self._store
         assert store is not None
         found = self.read(key)
@@ -606,14 +607,14 @@ class Journal:
             for row in chat.rows:
                 self._known[id(row.turn)] = row  # rows of other notebooks are copied with their origin
         if found.key != self.key or self._paused:
-            store.absorb(found.chats, found.active)  # journaled as changes of this notebook
+            store.absorb(found.chats, found.active, undoable=undoable)  # journaled as changes of this notebook
             return found
         # This notebook's own rows: the mirror is the database as read, so the
         # absorb is not a change to write (and its date stays the last real one).
         listening = self._unsubscribe is not None
         self.detach()
         try:
-            store.absorb(found.chats, found.active)
+            store.absorb(found.chats, found.active, undoable=undoable)
         finally:
             if listening:
                 self._unsubscribe = store.subscribe(self._on_event)
