@@ -127,6 +127,7 @@ class Subcommands:
     last_reply: str | None
     last_error: tuple[str, str] | None
     panels: Any
+    stale: Any  # context.Staleness
     _auto_model: str | None
     client: Callable[[], ollama.Client]
     context_window: Callable[..., int | None]
@@ -234,13 +235,18 @@ class Subcommands:
 
     @subcommand("chats", "list chats (active, name, model, turns, tokens)")
     def _sub_chats(self, args: argparse.Namespace) -> None:
-        rows = [("", "chat", "model", "turns", "tokens")]
+        rows = [("", "chat", "model", "turns", "tokens", "stale")]
         for conv in self.store:
             mark = "*" if conv.name == self.store.active_name else ""
-            rows.append((mark, conv.name, conv.model or self.model or "-", str(len(conv.turns)), str(conv.context_tokens)))
-        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+            rows.append((mark, conv.name, conv.model or self.model or "-", str(len(conv.turns)),
+                         str(conv.context_tokens), str(len(self.stale.of(conv)))))
+        widths = [max(len(r[i]) for r in rows) for i in range(6)]
         for r in rows:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+    @subcommand("stale", "turns whose interpolated variables have changed since they were asked")
+    def _sub_stale(self, args: argparse.Namespace) -> None:
+        print(self.stale.report(self.store))
 
     @subcommand("chat", "show the active chat, or switch to NAME (a new name creates it)")
     @argument("name", nargs="?", metavar="NAME")

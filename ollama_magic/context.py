@@ -9,16 +9,16 @@ backticks inside a cell or a file cannot end the block early.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .errors import OllamaMagicError
-from .interpolate import Renderer, render_ref
+from .interpolate import default_renderer, render_ref, split_conversion
 from .render import fence
-from .reprs import bound
+from .reprs import DEFAULT_MAX_CHARS, bound
 
-__all__ = ["cells_block", "file_block", "fingerprint", "fingerprints", "language_of", "stale_turns"]
+__all__ = ["Staleness", "cells_block", "file_block", "fingerprint", "fingerprints", "language_of", "stale_turns"]
 
 _MAX_FILE_READ = 4 * 1024 * 1024  # bytes read of one --file; the rest only counts as cut
 _BINARY_SNIFF = 8192
@@ -129,24 +129,40 @@ def fingerprint(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
 
+# IPython's moving references: `_` is the last result whatever it was, so a
+# turn that used it would be stale after every cell. `_3`, `In[3]` stay put.
+# `{In}` / `{Out}` whole grow with every cell.
+_MOVING = frozenset({"_", "__", "___", "_i", "_ii", "_iii", "_ih", "_oh", "_dh"})
+
+
+def _tracked(ref: str) -> bool:
+    chain = split_conversion(ref)[0]
+    root = chain.split(".", 1)[0].split("[", 1)[0]
+    return root not in _MOVING and chain not in ("In", "Out")
+
+
 def fingerprints(used: Mapping[str, str]) -> dict[str, str]:
     """`{ref: rendered}` as interpolation reports it -> `{ref: fingerprint}` for the turn."""
-    return {ref: fingerprint(text) for ref, text in used.items()}
+    return {ref: fingerprint(text) for ref, text in used.items() if _tracked(ref)}
 
 
-def stale_turns(turns: Sequence[Any], namespace: Mapping[str, Any], render: Renderer) -> dict[int, list[str]]:
-    """`{turn index: [references that now render differently]}`.
+def stale_turns(conv: Any, namespace: Mapping[str, Any], limit: int = DEFAULT_MAX_CHARS, *,
+                upto: int | None = None) -> dict[int, list[str]]:
+    """`{turn index: [references that now render differently]}` for a chat (or a list of turns).
 
     A turn remembers a fingerprint of what each `{ref}` became when it was
     sent (`TurnMeta.variables`). A reference that no longer resolves (a
     restarted kernel, a deleted variable) cannot be compared and is not
     counted. Each distinct reference is rendered once per call, however many
     turns used it; nothing is rendered when no turn used a variable.
+    `limit` must be the `max_var_chars` the turns were sent with.
     """
+    turns = getattr(conv, "turns", conv)
+    render = default_renderer(limit)
     now: dict[str, str | None] = {}
     stale: dict[int, list[str]] = {}
-    for i, turn in enumerate(turns):
-        used = getattr(turn.meta, "variables", None)
+    for i, turn in enumerate(list(turns)[:upto]):
+        used = turn.meta.variables
         if not used:
             continue
         for ref, sent in used.items():
@@ -157,3 +173,60 @@ def stale_turns(turns: Sequence[Any], namespace: Mapping[str, Any], render: Rend
             if current is not None and current != sent:
                 stale.setdefault(i, []).append(ref)
     return stale
+
+
+class Staleness:
+    """Stale turns as the magics report them: footer notes (once each), `%ollama stale`, counts.
+
+    Knows each cell's last execution count (from `post_run_cell`) so it can
+    say which cell to re-run; re-running it replaces the turn with one whose
+    fingerprints are fresh, which is what clears the mark.
+    """
+
+    def __init__(self, namespace: Callable[[], Mapping[str, Any]], limit: Callable[[], int]) -> None:
+        self._namespace = namespace
+        self._limit = limit
+        self.counts: dict[str, int] = {}  # cell id -> its last execution count in this kernel
+        self._told: set[tuple[str, float, str | None, str]] = set()
+
+    def ran(self, cell_id: str | None, count: int | None) -> None:
+        if cell_id and count:
+            self.counts[cell_id] = count
+
+    def of(self, conv: Any, upto: int | None = None) -> dict[int, list[str]]:
+        return stale_turns(conv, self._namespace(), self._limit(), upto=upto)
+
+    def _fix(self, turn: Any) -> str:
+        cell = turn.meta.cell_id
+        if cell is None:
+            return "ask again to refresh it"
+        count = self.counts.get(cell)
+        return f"re-run In [{count}] to refresh it" if count else "re-run its cell to refresh it"
+
+    def notes(self, conv: Any, upto: int | None = None) -> list[str]:
+        """Footer notes for the turns about to be (or just) sent; each staleness is told once."""
+        parts = []
+        for i, refs in self.of(conv, upto).items():
+            turn = conv.turns[i]
+            new = [r for r in refs if (conv.name, turn.meta.created, turn.meta.cell_id, r) not in self._told]
+            if not new:
+                continue
+            self._told.update((conv.name, turn.meta.created, turn.meta.cell_id, r) for r in new)
+            names = ", ".join(f"{{{r}}}" for r in refs)
+            parts.append(f"turn {i + 1} used {names}, changed since; {self._fix(turn)}")
+        return [f"⚠ stale: {'; '.join(parts)}"] if parts else []
+
+    def report(self, chats: Iterable[Any]) -> str:
+        """`%ollama stale`: every chat's stale turns, or a line saying there are none."""
+        lines = []
+        for conv in chats:
+            found = self.of(conv)
+            if not found:
+                continue
+            lines.append(f"chat {conv.name}:")
+            for i, refs in found.items():
+                turn = conv.turns[i]
+                question = " ".join(str(turn.user.get("content", "")).split())
+                question = question[:57] + "…" if len(question) > 60 else question
+                lines.append(f"  turn {i + 1} ({question!r}): {', '.join(f'{{{r}}}' for r in refs)} changed since; {self._fix(turn)}")
+        return "\n".join(lines) or "No stale turns: every variable a turn used still reads as it did when it was sent."

@@ -119,6 +119,8 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
         self._auto_model: str | None = None
         self._windows: dict[tuple[str, str], tuple[float, int | None]] = {}
         self.panels: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.stale = context.Staleness(lambda: self.shell.user_ns if self.shell is not None else {},
+                                       lambda: self.max_var_chars)
         self._open_journal(restore=self.restore == "auto")
 
     def _open_journal(self, *, restore: bool) -> None:
@@ -139,6 +141,7 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
         self._cell_source = getattr(info, "raw_cell", None)
 
     def post_run_cell(self, result: Any) -> None:
+        self.stale.ran(getattr(result.info, "cell_id", None), result.execution_count)
         err = result.error_in_exec or result.error_before_exec
         if err is None or isinstance(err, KeyboardInterrupt):
             return
@@ -258,7 +261,8 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
         store = self.store
         ns = self.shell.user_ns
         started_at = time.perf_counter()
-        text, _used = interpolate_refs(cell.strip("\n"), ns, default_renderer(self.max_var_chars))
+        text, used = interpolate_refs(cell.strip("\n"), ns, default_renderer(self.max_var_chars))
+        variables = context.fingerprints(used)
         if args.error:
             text = self._error_prompt(text)
         if not text.strip():
@@ -298,7 +302,7 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
             exchange, reply = (self.journal.replay(request, view, fresh=args.fresh or not self.replay)
                                or chat.converse(client, request, view, max_tool_rounds=self.max_tool_rounds))
         except KeyboardInterrupt:
-            self._interrupted(view, args, user, cell_id, model, started_at, target)
+            self._interrupted(view, args, user, cell_id, model, started_at, target, variables)
             raise
         except chat.ToolRoundsExceeded as exc:
             view.finish(footer_text(model, {}, time.perf_counter() - started_at, ["stopped: too many tool rounds"]))
@@ -319,8 +323,9 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
         reply_msg = reply.message(with_tool_calls=False)
         notes: list[str] = []
         ignored = reply.tool_calls if (reply.tool_calls and not tools) else None
+        notes += self.stale.notes(conv, base)
         if not args.once:
-            meta = self._meta(reply.stats, cell_id, model, "ok", options)
+            meta = self._meta(reply.stats, cell_id, model, "ok", options, variables)
             turn = Turn((user, *exchange, reply_msg), meta)
             # A prompt smaller than an earlier one of a history that only grew
             # means Ollama dropped messages; judge against the history as it was.
@@ -355,14 +360,14 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
                 self.shell.set_next_input(code, replace=False)
 
     def _interrupted(self, view: View, args: Any, user: dict[str, Any], cell_id: str | None,
-                     model: str, started_at: float, target: Target) -> None:
+                     model: str, started_at: float, target: Target, variables: dict[str, str]) -> None:
         """Keep what arrived, marked; a half tool exchange is not a valid history."""
         reply = view.reply
         seconds = time.perf_counter() - started_at
         if view.tools or not (reply.parts or reply.thinking_parts) or args.once:
             view.finish(footer_text(model, reply.stats, seconds, ["interrupted", "nothing stored"]))
             return
-        meta = self._meta(reply.stats, cell_id, model, "interrupted", {})
+        meta = self._meta(reply.stats, cell_id, model, "interrupted", {}, variables)
         turn = Turn((user, reply.message(with_tool_calls=False)), meta)
         self._commit(turn, args, target)
         self.last_reply = reply.content
@@ -376,7 +381,7 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
                                  create=target.create, activate=target.activate)
 
     def _meta(self, stats: Mapping[str, Any], cell_id: str | None, model: str, status: str,
-              options: Mapping[str, Any]) -> TurnMeta:
+              options: Mapping[str, Any], variables: dict[str, str] | None = None) -> TurnMeta:
         num_ctx = options.get("num_ctx")
         return TurnMeta(
             cell_id=cell_id, model=model, status="interrupted" if status == "interrupted" else "ok",
@@ -384,6 +389,7 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
             eval_count=stats.get("eval_count"), total_duration=stats.get("total_duration"),
             load_duration=stats.get("load_duration"), prompt_eval_duration=stats.get("prompt_eval_duration"),
             eval_duration=stats.get("eval_duration"), num_ctx=num_ctx if isinstance(num_ctx, int) else None,
+            variables=variables or None,
         )
 
     def _context_notes(self, prompt: int | None, prior: int, client: Client,

@@ -75,6 +75,7 @@ class _Meta(_Strict):
     eval_duration: int | None = None
     num_ctx: int | None = None
     edited: bool = False
+    variables: dict[str, str] | None = None
 
 
 class _Turn(_Strict):

@@ -91,6 +91,9 @@ class TurnMeta:
     eval_duration: int | None = None
     num_ctx: int | None = None  # the context window in force when it ran
     edited: bool = False
+    # {"df": digest, "x!r": digest}: what each interpolated {ref} became when
+    # it was sent, fingerprinted, so a later change can mark the turn stale.
+    variables: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The fields by name, in declaration order (what a save file holds)."""
