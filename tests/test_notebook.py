@@ -105,7 +105,7 @@ def test_named_chats_are_isolated(shell, ollama_server, capsys):
     capsys.readouterr()
     shell.run_line_magic("ollama", "chats")
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["chat", "model", "turns", "tokens"]
+    assert out[0].split() == ["chat", "model", "turns", "tokens", "stale"]
     assert out[1].split()[:4] == ["*", "default", "llama3.2", "2"]
     assert out[2].split()[:3] == ["poet", "qwen3", "2"]
 
