@@ -258,10 +258,11 @@ _META_TYPES: dict[str, tuple[type, ...]] = {
     "done_reason": (str, _NONE), "prompt_eval_count": (int, _NONE), "eval_count": (int, _NONE),
     "total_duration": (int, _NONE), "load_duration": (int, _NONE), "prompt_eval_duration": (int, _NONE),
     "eval_duration": (int, _NONE), "num_ctx": (int, _NONE), "edited": (bool,),
+    "variables": (dict, _NONE),  # and every key and value a str: checked in _fast_turn
 }
 _META_DEFAULTS = {name: f.get_default(call_default_factory=True) for name, f in _Meta.model_fields.items()}
 _META_KEYS = frozenset(_META_DEFAULTS)
-# Every allowed combination of value types, in field order (2**10 tuples): one set lookup a turn.
+# Every allowed combination of value types, in field order (2**11 tuples): one set lookup a turn.
 _META_SIGNATURES = frozenset(itertools.product(*(_META_TYPES[name] for name in _META_DEFAULTS)))
 _STATUSES = frozenset({"ok", "interrupted"})
 
@@ -324,6 +325,9 @@ def _fast_turn(raw: Any) -> Turn | None:
         msgs.append(m)
     values = {**_META_DEFAULTS, **meta}  # in the fields' order, so the types line up
     if tuple(map(type, values.values())) not in _META_SIGNATURES or values["status"] not in _STATUSES:
+        return None
+    fingerprints = values["variables"]
+    if fingerprints is not None and not all(type(k) is str and type(v) is str for k, v in fingerprints.items()):
         return None
     msgs_t = tuple(msgs)
     try:

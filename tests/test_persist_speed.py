@@ -28,7 +28,7 @@ def sample_store() -> ConversationStore:
     store.set_system("be brief")
     store.commit(Turn.of({"role": "user", "content": "q 漢字"}, {"role": "assistant", "content": "a 😀", "thinking": "t"},
                          TurnMeta(cell_id="c1", model="m", prompt_eval_count=10, eval_count=3, eval_duration=9,
-                                  num_ctx=4096, done_reason="stop")))
+                                  num_ctx=4096, done_reason="stop", variables={"df": "0123abcd", "x!r": "ffee"})))
     store.commit(Turn(({"role": "user", "content": "look", "images": ["aGk="]},
                        {"role": "assistant", "content": "", "thinking": "hm", "tool_calls": _CALL},
                        {"role": "tool", "tool_name": "add", "content": "1"},
