@@ -99,3 +99,27 @@ def test_stale_turns_for_the_panel():
     assert stale_turns([plain, used], {"x": 1, "y": 2}) == {}
     assert stale_turns([plain, used], {"x": 1, "y": 3}) == {1: ["y"]}
     assert stale_turns([plain, used], {"x": 0, "y": 3}, upto=1) == {}
+
+
+def test_staleness_survives_the_journal(shell, ollama_server, tmp_path, monkeypatch, capsys):
+    """A new kernel restores the turn with its fingerprints: the data cell run again with new data flags it."""
+    import uuid
+
+    from ollama_magic import journal
+
+    monkeypatch.setenv("OLLAMA_MAGIC_DB", str(tmp_path / "j.db"))
+    monkeypatch.setenv("JPY_SESSION_NAME", str(tmp_path / "n.ipynb"))
+
+    def new_kernel() -> None:
+        monkeypatch.setattr(journal, "KERNEL", uuid.uuid4().hex)
+        shell.run_line_magic("reload_ext", "ollama_magic")
+        shell.run_line_magic("ollama", "model llama3.2")
+
+    new_kernel()
+    run(shell, "v = 'first'")
+    run(shell, "%%ollama\nabout {v}", cell_id="ask")
+    new_kernel()
+    assert magics_of(shell).store.active.turns[0].meta.variables == {"v": fingerprint("first")}
+    assert stale_of(shell) == {}
+    run(shell, "v = 'second'")
+    assert stale_of(shell) == {0: ["v"]}
