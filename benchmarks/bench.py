@@ -538,7 +538,7 @@ def _profile_cell(shell: Any, rec: Any, cell: str, cell_id: str, top: int = 15) 
     prof.disable()
     st = pstats.Stats(prof)
     rows = []
-    for (file, line, func), (cc, nc, tt, ct, _) in st.stats.items():  # type: ignore[attr-defined]
+    for (file, line, func), (_cc, nc, tt, ct, _) in st.stats.items():  # type: ignore[attr-defined]
         rows.append({"function": f"{Path(file).name}:{line}({func})", "calls": nc,
                      "own_ms": tt * 1000, "cumulative_ms": ct * 1000})
     rows.sort(key=lambda r: -r["own_ms"])

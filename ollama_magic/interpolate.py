@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, Final, NamedTuple, Union
+from typing import Any, Final, NamedTuple
 
 from .reprs import DEFAULT_MAX_CHARS, render as _render_value
 
@@ -52,16 +52,16 @@ _PATTERN: Final = re.compile(
     rf"\{{\{{(?P<escaped>{_CHAIN}{_CONV})\}}\}}|\{{(?P<ref>{_CHAIN}{_CONV})\}}"
 )
 
-Renderer = Callable[[Any, Union[str, None]], str]
+Renderer = Callable[[Any, str | None], str]
 
 
 class _Item(NamedTuple):
     """An index step ``[key]``; a plain ``str`` step is an attribute name."""
 
-    key: Union[int, str]
+    key: int | str
 
 
-_Step = Union[str, _Item]
+_Step = str | _Item
 
 
 def _parse(ref: str) -> tuple[str, list[_Step]]:

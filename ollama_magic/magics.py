@@ -19,7 +19,7 @@ import traceback
 import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
@@ -66,7 +66,7 @@ class _Hidden(dict):  # type: ignore[type-arg]
     __str__ = __repr__
 
 
-class SecretDict(Dict):  # type: ignore[type-arg]
+class SecretDict(Dict):
     """A Dict trait whose values are kept out of every repr."""
 
     def validate(self, obj: Any, value: Any) -> Any:
@@ -453,7 +453,7 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
             return value
         schema = getattr(value, "model_json_schema", None)
         if isinstance(value, type) and callable(schema):
-            return schema()
+            return cast("dict[str, Any]", schema())
         raise OllamaMagicError(f"--format {spec}: expected a dict (JSON schema) or a pydantic model class, got {type(value).__name__}")
 
     def _tools(self, spec: str | None) -> dict[str, Callable[..., Any]] | None:

@@ -35,6 +35,20 @@ def _private_journal() -> Iterator[str]:
             os.environ[key] = value
 
 
+def pytest_report_header() -> str:
+    import ollama_magic
+
+    return f"ollama_magic from {os.path.dirname(ollama_magic.__file__)}"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # .ci/run tests the installed wheel: the checkout must not shadow it.
+    import ollama_magic
+
+    if os.environ.get("OLLAMA_MAGIC_TEST_INSTALLED") and "site-packages" not in ollama_magic.__file__:
+        raise pytest.UsageError(f"testing {ollama_magic.__file__}, not the installed wheel")
+
+
 class RecordingPublisher(DisplayPublisher):
     """A frontend stand-in: records every display message instead of printing reprs."""
 

@@ -120,6 +120,11 @@ def kernel(env: dict[str, str]) -> Iterator[Kernel]:
     km.start_kernel(env=full)
     k = Kernel(km)
     try:
+        # The kernel must run the ollama_magic under test (the wheel in CI), not another copy.
+        import ollama_magic
+
+        ex = k.execute("import ollama_magic; print(ollama_magic.__file__)")
+        assert ex.text.strip() == ollama_magic.__file__, (ex.text, ollama_magic.__file__)
         yield k
     finally:
         k.kc.stop_channels()

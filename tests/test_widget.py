@@ -483,7 +483,7 @@ def test_rows_removed_by_events_are_closed(panels):
     from ipywidgets.widgets.widget import _instances
 
     store = filled(3)
-    panel = open_panel(panels, store)
+    _panel = open_panel(panels, store)  # kept open (panels hold weak references)
     widgets = len(_instances)
     store.commit(make_turn(3))
     store.truncate(3)
