@@ -84,6 +84,11 @@ def check_common(cells: dict[str, Any]) -> None:
     assert re.search(r"\* +what-if +\S+ +2 ", text(cells["fork-back"]))
     assert "Chat 'default' is active" in text(cells["fork-back"])
     assert "list comprehensions" in text(cells["interpolate"]) and "143" in text(cells["interpolate"])
+    # The test extra has pandas: the frame arrives as shape, dtypes and a table, not pandas' printout.
+    assert "pandas DataFrame: 3 rows × 2 columns" in text(cells["interpolate"])
+    assert "| 2 | Mar | 143 |" in text(cells["interpolate"])
+    assert re.search(r"turn \d+ \('In one sentence: what are list comprehensions\?.*\): \{sales\} changed since; (re-run|ask again)", text(cells["stale"]))
+    assert "{topic}" not in text(cells["stale"])  # unchanged variables are not named
     assert text(cells["validate"]).startswith("City(name=")
     assert "def fib(n):" in text(cells["code"])
     assert "Thinking about: Is 1001 a prime number?" in text(cells["think"])
