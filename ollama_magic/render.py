@@ -30,9 +30,9 @@ from .chat import Reply
 __all__ = ["LIVE_RATIO", "LIVE_SLACK", "LIVE_TAIL", "LiveBudget", "NotebookView", "TerminalView",
            "View", "fence", "footer_text"]
 
-LIVE_TAIL = 1500  # characters of the reply a live frame shows at most
+LIVE_TAIL = 1200  # characters of the reply a live frame shows at most
 LIVE_RATIO = 3.0  # live bytes per character of the reply, at most
-LIVE_SLACK = 3000  # bytes of live frames allowed before the budget counts
+LIVE_SLACK = 1500  # bytes of live frames allowed before the budget counts
 MESSAGE_COST = 700  # what one display message costs on iopub besides its text (header, ids)
 _LABEL = 80  # the live frame's own words around the text, at most
 
