@@ -16,7 +16,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 
-__all__ = ["OllamaMagicError", "did_you_mean", "is_http_status", "redact_host", "translate"]
+__all__ = ["OllamaMagicError", "did_you_mean", "host_secrets", "is_http_status", "redact_host", "scrub", "translate"]
 
 
 class _Unloaded:
@@ -51,12 +51,47 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*://)?)[^/\s]*@")
+# The scheme (`http://`), a bare `//`, or nothing; then everything up to the
+# LAST `@` is user info. A password may hold `/`, `@`, `:` or `%40`, which
+# no URL parser agrees on; hiding up to the last `@` hides it whatever it holds
+# (a path with an `@` in it is hidden too: over-hiding is the safe side).
+_AUTHORITY = re.compile(r"(\s*(?:[A-Za-z][A-Za-z0-9+.-]*://|//)?)(.*)", re.S)
 
 
 def redact_host(host: str) -> str:
-    """The host as it may be shown: a password in the URL (`http://user:pw@host`) is hidden."""
-    return _USERINFO.sub(r"\1***@", host)
+    """The host as it may be shown: user and password in the URL (`http://user:pw@host`) become `***`."""
+    m = _AUTHORITY.fullmatch(host)
+    if m is None:  # pragma: no cover - the pattern matches every string
+        return host
+    prefix, rest = m.groups()
+    at = rest.rfind("@")
+    return host if at < 0 else f"{prefix}***{rest[at:]}"
+
+
+def host_secrets(host: str) -> list[str]:
+    """The password (and user info) in a host URL, as written and %-decoded: what to scrub from text."""
+    from urllib.parse import unquote
+
+    m = _AUTHORITY.fullmatch(host.strip())
+    if m is None:  # pragma: no cover
+        return []
+    rest = m.group(2)
+    at = rest.rfind("@")
+    if at < 0:
+        return []
+    userinfo = rest[:at]
+    found = {userinfo}
+    if ":" in userinfo:
+        found.add(userinfo.split(":", 1)[1])
+    found |= {unquote(x) for x in found}
+    return [x for x in found if len(x) >= 3]
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every secret replaced by `***` (longest first, so no part of one survives)."""
+    for secret in sorted({x for x in secrets if x and len(x) >= 3}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def translate(exc: BaseException, *, host: str, host_source: str, model: str,

@@ -28,12 +28,13 @@ from traitlets import Bool, Dict, Enum, Float, Int, Unicode, default, observe
 
 from . import chat, context
 from .commands import Subcommands
-from .errors import OllamaMagicError, did_you_mean, is_http_status, redact_host, translate
+from .errors import OllamaMagicError, did_you_mean, host_secrets, is_http_status, redact_host, scrub, translate
 from .interpolate import default_renderer, interpolate_refs
 from .journal import Journal, default_path, session_key
 from .journal_commands import JournalCommands
 from .parsing import first_code_block, parse_options, split_args
 from .routing import Target, target_chat
+from .safe import escaped_stdout, terminal
 from .render import NotebookView, TerminalView, View, footer_text
 from .store import KEEP, Commit, ConversationStore, Rerun, StoreError, Turn, TurnMeta, _Keep
 
@@ -74,11 +75,28 @@ class SecretDict(Dict):
         return value if isinstance(value, _Hidden) else _Hidden(value)
 
 
+class _HiddenHost(str):
+    """A host URL whose repr hides its user info: `%config OllamaMagics` prints reprs."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return repr(redact_host(str.__str__(self)))
+
+
+class SecretHost(Unicode):  # type: ignore[type-arg]
+    """A Unicode trait whose repr never shows a password in the URL (the value itself is whole)."""
+
+    def validate(self, obj: Any, value: Any) -> Any:
+        value = super().validate(obj, value)
+        return value if value is None or isinstance(value, _HiddenHost) else _HiddenHost(value)
+
+
 @magics_class
 class OllamaMagics(JournalCommands, Subcommands, Magics):
     """Chat with an Ollama model from notebook cells; each cell continues the conversation."""
 
-    host = Unicode(None, allow_none=True, help="Ollama server URL; default: $OLLAMA_HOST, else http://127.0.0.1:11434.").tag(config=True)
+    host = SecretHost(None, allow_none=True, help="Ollama server URL; default: $OLLAMA_HOST, else http://127.0.0.1:11434.").tag(config=True)
     model = Unicode(None, allow_none=True, help="Model for chats that have none of their own; default: $OLLAMA_MODEL.").tag(config=True)
     timeout = Float(300.0, help="Seconds to wait for the server to send something (connect, or the next chunk).").tag(config=True)
     options = Dict(help="Ollama options for every request (a chat's own options and -o override them).").tag(config=True)
@@ -237,13 +255,15 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
     def ollama(self, line: str, cell: str | None = None) -> Any:
         """Chat with Ollama. `%%ollama [options]` sends the cell; `%ollama help` lists the subcommands."""
         try:
-            if cell is None:
-                return self._line(line)
-            return self._turn(self._parse(self.ollama, line), cell)
+            with escaped_stdout():  # names and text from the server or files print inert
+                if cell is None:
+                    return self._line(line)
+                return self._turn(self._parse(self.ollama, line), cell)
         except (OllamaMagicError, StoreError) as exc:
             # IPython prints one line only for UsageError itself, not subclasses;
             # the store's errors (unknown chat, name taken, ...) are the user's too.
-            raise UsageError(str(exc)) from None
+            # Error text can quote the server (model names, its messages): inert too.
+            raise UsageError(terminal(str(exc))) from None
 
     def _parse(self, func: Callable[..., Any], line: str) -> Any:
         try:
@@ -436,9 +456,24 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
     def _error_prompt(self, question: str) -> str:
         if self.last_error is None:
             raise OllamaMagicError("No cell has failed in this kernel yet; nothing to explain.")
-        code, tb = self.last_error
+        code, tb = (scrub(part, self._secrets()) for part in self.last_error)
         ask = question.strip() or "Why did this fail, and how do I fix it?"
         return f"This notebook cell failed:\n\n```python\n{code.strip()}\n```\n\nTraceback:\n\n```\n{tb.strip()}\n```\n\n{ask}"
+
+    def _secrets(self) -> list[str]:
+        """What must never be sent or stored: header values, OLLAMA_API_KEY, host passwords."""
+        found: list[str] = []
+        for value in self.headers.values():
+            value = str(value)
+            found.append(value)
+            if " " in value.strip():  # "Bearer TOKEN": the token alone too
+                found.append(value.strip().split(None, 1)[1])
+        if key := os.environ.get("OLLAMA_API_KEY"):
+            found.append(key)
+        for host in (self.host, os.environ.get("OLLAMA_HOST")):
+            if host:
+                found += host_secrets(str(host))
+        return found
 
     def _format(self, spec: str | None) -> str | dict[str, Any] | None:
         if not spec:

@@ -32,6 +32,7 @@ API (stable; the panel and the views call only these):
 - `reply_bundle(content, *, thinking="", tool_lines=(), footer="") -> dict`: the final
   `{"text/html", "text/plain"}` bundle of a reply.
 - `live_bundle(text) -> dict`: a streaming frame: `text/plain` only, controls escaped.
+- `escaped_stdout()`: a context manager under which everything printed goes through `terminal`.
 
 markdown-it-py and nh3 are imported at the first render (they cost ~40 ms,
 more than `%load_ext` may).
@@ -39,15 +40,17 @@ more than `%load_ext` may).
 
 from __future__ import annotations
 
+import contextlib
 import html
 import re
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
-from typing import Any
+from typing import Any, TextIO
 
 __all__ = [
     "ALLOWED_ATTRIBUTES", "ALLOWED_TAGS", "URL_SCHEMES", "clean_html", "container", "details",
-    "live_bundle", "markdown_html", "reply_bundle", "terminal", "text_html",
+    "escaped_stdout", "live_bundle", "markdown_html", "reply_bundle", "terminal", "text_html",
 ]
 
 ALLOWED_TAGS = frozenset({
@@ -85,6 +88,30 @@ def terminal(text: str) -> str:
     overwritten lines. `\\r\\n` is a newline.
     """
     return text.replace("\r\n", "\n").translate(_CONTROLS)
+
+
+class _Escaping:
+    """A text stream that shows control characters escaped, then writes to `target`."""
+
+    def __init__(self, target: TextIO) -> None:
+        self._target = target
+
+    def write(self, text: str) -> int:
+        self._target.write(terminal(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, encoding, ...
+        return getattr(self._target, name)
+
+
+@contextlib.contextmanager
+def escaped_stdout() -> Iterator[None]:
+    """Everything printed inside (server model names, chat names from files, transcripts) is inert."""
+    if isinstance(sys.stdout, _Escaping):
+        yield
+        return
+    with contextlib.redirect_stdout(_Escaping(sys.stdout)):  # type: ignore[arg-type]
+        yield
 
 
 def text_html(text: str) -> str:
