@@ -30,6 +30,10 @@ What is measured and how (see also the notes printed under the table):
    to build the history from the store is the magic's own overhead.
 6. Panel: `HistoryPanel(store)` over 1,000 turns, and `store.commit(turn)` with
    the panel open.
+8. Journal: `store.commit(turn)` with the SQLite journal listening, at
+   10,000 journaled turns, against the same commit without it; restoring a
+   1,000-turn notebook; what the journal adds to `%load_ext` of a notebook
+   that has no journal yet.
 7. Peer: rows 1-3 for another magic (jupyter-ai's `%%ai ollama:NAME`) measured
    with its own interpreter (`--peer-python`).
 
@@ -85,7 +89,12 @@ TARGETS = {
     "history_own_overhead_ms_at_1000": 10.0,
     "panel_build_s": 1.0,
     "panel_append_ms": 20.0,
+    "journal_turn_ms_at_10000": 5.0,
+    "journal_restore_s_at_1000": 0.5,
+    "journal_load_added_ms": 10.0,
 }
+JOURNAL_TURNS = 10_000
+JOURNAL_RESTORE_TURNS = 1_000
 
 BASE_CODE = (
     "import ollama, IPython\n"
@@ -598,6 +607,94 @@ def child_panel(p: dict[str, Any]) -> dict[str, Any]:
             "reply_chars": len(store.active.turns[0].reply["content"])}
 
 
+# -- child: the journal ---------------------------------------------------------------------
+def child_journal(p: dict[str, Any]) -> dict[str, Any]:
+    """Row 8: journaling per turn at N journaled turns, restore, and %load_ext without a journal."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from ollama_magic import journal as jm
+    from ollama_magic.store import ConversationStore, Turn, TurnMeta
+
+    reps = p["reps"]
+    out: dict[str, Any] = {"turns": p["turns"], "restore_turns": p["restore_turns"]}
+    with tempfile.TemporaryDirectory(prefix="ollama-magic-journal-") as tmp:
+        # Journaling per turn: 10,000 turns in the database (ten notebooks), one chat of 1,000 growing.
+        path = os.path.join(tmp, "j.db")
+        for nb in range(p["turns"] // p["restore_turns"]):
+            store = ConversationStore(model=MODEL)
+            _prefill(store, p["restore_turns"])
+            j = jm.Journal(path, f"/bench/nb{nb}.ipynb", notebook=True)
+            j.attach(store)
+            j.write()  # one transaction for the whole notebook
+            j.close()
+        store = ConversationStore(model=MODEL)
+        j = jm.Journal(path, "/bench/nb0.ipynb", notebook=True)
+        j.attach(store, restore=True)
+        assert len(store.active.turns) == p["restore_turns"]
+        with_j, without = [], []
+        for i in range(3 + 20 * reps):
+            user = {"role": "user", "content": f"Another question {i}"}
+            turn = Turn((user, {"role": "assistant", "content": "An answer " + "word " * 50}),
+                        TurnMeta(cell_id=f"j-{i}", model=MODEL, eval_count=52, prompt_eval_count=100))
+            journaled = i % 2 == 0
+            if not journaled:
+                j.detach()
+            gc.collect()
+            t0 = time.perf_counter()
+            store.commit(turn)
+            took = time.perf_counter() - t0
+            if not journaled:
+                j.attach(store)
+                j._dirty = True  # the unjournaled commit is caught up by the next one, untimed
+                j.write()
+            if i >= 3:
+                (with_j if journaled else without).append(took)
+        j.close()
+        conn = sqlite3_connect(path)
+        out["journaled_turns"] = conn.execute("SELECT count(*) FROM turns").fetchone()[0]
+        conn.close()
+        out["commit_s"], out["commit_without_s"] = summary(with_j), summary(without)
+        out["turn_added_ms"] = 1000 * (statistics.median(with_j) - statistics.median(without))
+
+        # Restore of a 1,000-turn notebook into a fresh store.
+        restore = []
+        for _ in range(reps + 1):
+            store = ConversationStore(model=MODEL)
+            gc.collect()
+            t0 = time.perf_counter()
+            j = jm.Journal(path, "/bench/nb1.ipynb", notebook=True)
+            j.attach(store, restore=True)
+            restore.append(time.perf_counter() - t0)
+            j.close()
+            assert len(store.active.turns) == p["restore_turns"]
+        out["restore_s"] = summary(restore[1:])
+
+        # %load_ext of a notebook without a journal, against the journal off.
+        shell = InteractiveShell.instance()
+        os.environ["JPY_SESSION_NAME"] = os.path.join(tmp, "new.ipynb")
+        times: dict[str, list[float]] = {"missing": [], "off": []}
+        for i in range(4 + 10 * reps):
+            kind = ("missing", "off")[i % 2]
+            os.environ["OLLAMA_MAGIC_DB"] = os.path.join(tmp, "none", "j.db") if kind == "missing" else ""
+            gc.collect()
+            t0 = time.perf_counter()
+            shell.run_line_magic("load_ext", "ollama_magic")
+            took = time.perf_counter() - t0
+            shell.run_line_magic("unload_ext", "ollama_magic")
+            if i >= 4:
+                times[kind].append(took)
+        out["load_missing_s"], out["load_off_s"] = summary(times["missing"]), summary(times["off"])
+        out["load_added_ms"] = 1000 * (statistics.median(times["missing"]) - statistics.median(times["off"]))
+        out["load_created_file"] = os.path.exists(os.path.join(tmp, "none"))
+    return out
+
+
+def sqlite3_connect(path: str) -> Any:
+    import sqlite3
+
+    return sqlite3.connect(path)
+
+
 # -- child: a peer magic (run with the peer's interpreter) ---------------------------------
 def child_peer(p: dict[str, Any]) -> dict[str, Any]:
     import ollama
@@ -666,6 +763,11 @@ def evaluate(res: dict[str, Any]) -> None:
     h = res.get("history", {})
     if str(max(HISTORY_SIZES)) in h:
         h["met"] = h[str(max(HISTORY_SIZES))]["own_overhead_ms"] <= t["history_own_overhead_ms_at_1000"]
+    jr = res.get("journal", {})
+    if "turn_added_ms" in jr:
+        jr["turn_met"] = jr["turn_added_ms"] <= t["journal_turn_ms_at_10000"]
+        jr["restore_met"] = jr["restore_s"]["median"] <= t["journal_restore_s_at_1000"]
+        jr["load_met"] = jr["load_added_ms"] <= t["journal_load_added_ms"] and not jr["load_created_file"]
     pnl = res.get("panel", {})
     if pnl.get("available"):
         pnl["build_met"] = pnl["build_s"]["median"] < t["panel_build_s"]
@@ -745,6 +847,18 @@ def markdown(res: dict[str, Any]) -> str:
             f"< {TARGETS['panel_append_ms']:g} ms", _met(pn.get("append_met")))
     elif pn:
         row("6", "panel", "not available", "", pn.get("reason", ""), f"< {TARGETS['panel_build_s']:g} s / < {TARGETS['panel_append_ms']:g} ms", "–")
+    jr = res.get("journal", {})
+    if "turn_added_ms" in jr:
+        row("8", f"journal: `store.commit(turn)` at {jr['journaled_turns']} journaled turns",
+            fmt_stat(jr["commit_s"], "ms", 1000), f"without the journal: {fmt_stat(jr['commit_without_s'], 'ms', 1000)}",
+            f"{jr['turn_added_ms']:+.2f} ms", f"≤ {TARGETS['journal_turn_ms_at_10000']:g} ms", _met(jr.get("turn_met")))
+        row("8", f"journal: restore a {jr['restore_turns']}-turn notebook", fmt_stat(jr["restore_s"], "s"), "", "",
+            f"< {TARGETS['journal_restore_s_at_1000']:g} s", _met(jr.get("restore_met")))
+        row("8", "journal: `%load_ext` of a notebook with no journal", fmt_stat(jr["load_missing_s"], "ms", 1000),
+            f"journal off: {fmt_stat(jr['load_off_s'], 'ms', 1000)}", f"{jr['load_added_ms']:+.2f} ms",
+            f"< {TARGETS['journal_load_added_ms']:g} ms", _met(jr.get("load_met")))
+    elif jr.get("error"):
+        row("8", "journal", "not available", "", jr["error"], "", "–")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
     lines.append("")
@@ -784,6 +898,10 @@ def notes_text(res: dict[str, Any]) -> str:
         f"- Panel: `HistoryPanel(store)` over {PANEL_TURNS} stored turns (~{res.get('panel', {}).get('reply_chars', '?')}"
         "-character replies) outside a kernel, so ipywidgets talks to no frontend; append = `store.commit(Turn(...))` "
         "with that panel open (it re-renders through its store listener).",
+        f"- Journal: SQLite (WAL, synchronous=NORMAL) holding {JOURNAL_TURNS} turns of ten notebooks; a commit with the "
+        "journal listening (its transaction included) against the same commit with it detached, alternating; restore = "
+        "a new kernel's `Journal.attach(store, restore=True)`; load = in-process `%load_ext` of a notebook whose journal "
+        "file does not exist, against `OllamaMagics.db = ''`.",
     ]
     peer = res.get("peer") or {}
     if peer.get("available"):
@@ -818,7 +936,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args._child:
-        fn = {"ours": child_ours, "panel": child_panel, "peer": child_peer}[args._child]
+        fn = {"ours": child_ours, "panel": child_panel, "peer": child_peer, "journal": child_journal}[args._child]
         print(json.dumps(fn(json.loads(args._params or "{}"))), flush=True)
         return 0
 
@@ -875,6 +993,13 @@ def main(argv: list[str] | None = None) -> int:
                                                        "reply_words": PANEL_REPLY_WORDS}, env, timeout=600)
             except Exception as exc:
                 res["panel"] = {"available": False, "reason": str(exc).splitlines()[-1]}
+
+            log("8. journal")
+            try:
+                res["journal"] = run_child(py, "journal", {"reps": max(1, reps // 3), "turns": JOURNAL_TURNS,
+                                                           "restore_turns": JOURNAL_RESTORE_TURNS}, env, timeout=600)
+            except Exception as exc:
+                res["journal"] = {"error": str(exc).splitlines()[-1]}
 
             res["peer"] = measure_peer(args, reps, env, log)
             evaluate(res)

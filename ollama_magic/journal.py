@@ -156,14 +156,32 @@ def _tool_schemas(tools: Mapping[str, Callable[..., Any]] | None) -> list[Any] |
     return out
 
 
+# Canonical JSON of each message seen, by identity: the store hands out the
+# same message objects for every request of a chat, so a 1,000-turn history
+# is hashed without serialising it again. Holds the message, so ids stay true.
+_MESSAGE_JSON: dict[int, tuple[Message, bytes]] = {}
+_MESSAGE_CACHE_MAX = 200_000
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode("ascii")
+
+
 def request_key(req: ChatRequest) -> str:
-    """SHA-256 of the request's canonical JSON: model, messages, options, format, think, tools."""
-    doc = {
-        "model": req.model, "messages": req.messages, "options": req.options or {},
-        "format": req.format, "think": req.think, "tools": _tool_schemas(req.tools),
-    }
-    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)  # ASCII: surrogates are fine
-    return hashlib.sha256(text.encode("ascii")).hexdigest()
+    """SHA-256 of the request's canonical JSON: model, options, format, think, tools, every message."""
+    head = {"model": req.model, "options": req.options or {}, "format": req.format,
+            "think": req.think, "tools": _tool_schemas(req.tools)}
+    digest = hashlib.sha256(_canonical(head))
+    cache = _MESSAGE_JSON
+    if len(cache) > _MESSAGE_CACHE_MAX:
+        cache.clear()
+    for msg in req.messages:
+        hit = cache.get(id(msg))
+        if hit is None or hit[0] is not msg:
+            hit = cache[id(msg)] = (msg, _canonical(msg))
+        digest.update(b"\n")
+        digest.update(hit[1])
+    return digest.hexdigest()
 
 
 def _dumps(value: Any) -> str:

@@ -86,12 +86,19 @@ def test_bench_quick_writes_every_figure(tmp_path: Path) -> None:
     else:
         assert panel["reason"]
 
+    # 8. journal
+    journal = res["journal"]
+    assert "error" not in journal, journal
+    for key in ("commit_s", "commit_without_s", "restore_s", "load_missing_s", "load_off_s"):
+        _stat(journal, key)
+    assert journal["journaled_turns"] >= 10_000 and journal["load_created_file"] is False
+
     # 7. peer: skipped without --peer-python, saying how to enable it
     assert res["peer"]["available"] is False and "--peer-python" in res["peer"]["reason"]
 
     table = (tmp_path / "results.md").read_text()
     assert table.startswith("| # | measure |")
-    for row_no in ("| 1 |", "| 2 |", "| 3 |", "| 4 |", "| 5 |", "| 6 |"):
+    for row_no in ("| 1 |", "| 2 |", "| 3 |", "| 4 |", "| 5 |", "| 6 |", "| 8 |"):
         assert row_no in table, row_no
     assert "Machine:" in table and res["machine"]["cpu"] in table
     assert table.strip().splitlines()[0] in proc.stdout  # printed as well as saved
