@@ -723,6 +723,7 @@ class Journal:
             raise JournalError("this notebook's journal is already forgotten; %ollama forget --undo brings it back")
         found = None
         if conn is not None:
+            conn.execute("PRAGMA secure_delete = ON")  # freed pages are zeroed, not just unlinked
             conn.execute("BEGIN IMMEDIATE")
             try:
                 found = conn.execute("SELECT * FROM sessions WHERE key = ?", (self.key,)).fetchone()
@@ -740,11 +741,15 @@ class Journal:
                     conn.execute("DELETE FROM turns WHERE chat IN (SELECT id FROM chats WHERE session = ?)", (sid,))
                     conn.execute("DELETE FROM chats WHERE session = ?", (sid,))
                     conn.execute("DELETE FROM sessions WHERE id = ?", (sid,))
+                    if self._fts:  # merge the index, so no segment keeps the deleted words
+                        conn.execute("INSERT INTO turn_text (turn_text) VALUES ('optimize')")
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+            finally:
+                conn.execute("PRAGMA secure_delete = OFF")
             try:  # the deleted text leaves the write-ahead log too
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except Exception:

@@ -25,8 +25,10 @@ _SNIPPET = 100
 
 
 def _plain(text: str, limit: int = _SNIPPET) -> str:
-    """One line of untrusted text: control characters (escape sequences too) shown escaped."""
-    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in " ".join(text.split()))
+    """One line of untrusted text: control characters (escape sequences, bidi overrides) shown escaped."""
+    from .safe import terminal
+
+    out = terminal(" ".join(text.split()))
     return out if len(out) <= limit else out[: limit - 1] + "…"
 
 

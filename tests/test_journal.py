@@ -404,13 +404,17 @@ def test_forget_and_undo(shell, ollama_server, db, monkeypatch, capsys, tmp_path
     nb = tmp_path / "n.ipynb"
     new_kernel(shell, monkeypatch, capsys, nb)
     run(shell, "%%ollama\nsomething private", "a")
+    new_kernel(shell, monkeypatch, capsys, tmp_path / "other.ipynb")
+    run(shell, "%%ollama\nanother notebook, kept", "x")  # the file holds more than the forgotten one
+    new_kernel(shell, monkeypatch, capsys, nb)
     capsys.readouterr()
     shell.run_line_magic("ollama", "forget")
     assert "Forgot this notebook's journal (1 turn)" in capsys.readouterr().out
     run(shell, "%%ollama\nnot journaled either", "b")
     blob = b"".join(p.read_bytes() for p in db.parent.glob("j.db*"))
-    assert b"something private" not in blob and b"not journaled" not in blob
+    assert b"private" not in blob and b"journaled either" not in blob  # the words, from the search index too
     assert turns_of(shell) == ["something private", "not journaled either"]  # memory keeps them
+    assert b"another notebook, kept" in blob
     shell.run_line_magic("ollama", "forget --undo")
     new_kernel(shell, monkeypatch, capsys, nb)
     assert turns_of(shell) == ["something private", "not journaled either"]
