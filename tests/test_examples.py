@@ -105,6 +105,8 @@ def check_common(cells: dict[str, Any]) -> None:
     assert text(cells["before-error"]) == text(cells["after-error"])  # the failed turn changed nothing
     assert "(from OLLAMA_HOST)" in text(cells["config"])
     assert "%ollama fork" in text(cells["help"])
+    assert re.search(r"^\* .* \d+ turns +\(console\)$", text(cells["sessions"]), re.M)  # nbclient: no notebook path
+    assert "you:   Explain Python decorators" in text(cells["log"])  # the question as first asked
 
 
 def test_examples_against_the_test_server(ollama_server: Any, tmp_path: Path) -> None:
