@@ -20,6 +20,7 @@ from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from .bounds import bounded
 from .errors import OllamaMagicError, redact_host
 from .store import Message
 
@@ -127,7 +128,8 @@ class Reply:
         if msg.thinking:
             self.thinking_parts.append(msg.thinking)
         if msg.tool_calls:
-            self.tool_calls.extend(tc.model_dump(exclude_none=True) for tc in msg.tool_calls)
+            # Bounded as it comes in: whatever is stored can be saved, loaded and forked.
+            self.tool_calls.extend(bounded(tc.model_dump(exclude_none=True)) for tc in msg.tool_calls)
         if chunk.done:
             self.done = True
             self.stats = {k: getattr(chunk, k, None) for k in _STAT_KEYS}

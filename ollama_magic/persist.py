@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .bounds import depth_exceeds
 from .store import Conversation, ConversationStore, Message, Turn, TurnMeta
 
 __all__ = ["FORMAT_VERSION", "MAX_LOAD_BYTES", "FileError", "export_markdown", "load", "save"]
@@ -130,9 +133,12 @@ def save(store: ConversationStore, path: str | os.PathLike[str]) -> Path:
         raise FileError(f"{target} is a directory; give a file name such as chat.json")
     data = dump(store)
     try:
-        raw = json.dumps(data, ensure_ascii=False).encode("utf-8")  # the C encoder: no indent
-    except UnicodeEncodeError:  # a lone surrogate (a server sent "\ud800"): keep it, as an escape
-        raw = json.dumps(data, ensure_ascii=True).encode("ascii")
+        try:
+            raw = json.dumps(data, ensure_ascii=False, allow_nan=False).encode("utf-8")  # the C encoder: no indent
+        except UnicodeEncodeError:  # a lone surrogate (a server sent "\ud800"): keep it, as an escape
+            raw = json.dumps(data, ensure_ascii=True, allow_nan=False).encode("ascii")
+    except ValueError:  # NaN/Infinity: load would refuse the file, so it is not written
+        raise FileError(f"a chat holds NaN or Infinity, which a chat file cannot; nothing was written to {target}") from None
     if len(raw) > MAX_LOAD_BYTES:
         raise FileError(
             f"the chats are {len(raw):,} bytes as JSON, over the {MAX_LOAD_BYTES:,}-byte limit of "
@@ -143,15 +149,36 @@ def save(store: ConversationStore, path: str | os.PathLike[str]) -> Path:
     return target
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(target: Path, text: str | bytes) -> None:
+    """Temp file + `os.replace`, so a reader sees the old file or the new one, never half.
+
+    Files behave like files: a new file gets the mode `open()` would give it
+    (0666 less the umask), an existing file keeps its mode, and a symlink
+    keeps pointing where it did: its target is what gets replaced.
+    """
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))
     directory = target.parent if str(target.parent) else Path(".")
     if not directory.is_dir():
         raise FileError(f"cannot write {target}: folder {directory} does not exist")
+    try:
+        mode = stat.S_IMODE(target.stat().st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()
+    except OSError as exc:
+        raise FileError(f"cannot write {target}: {exc.strerror or exc}") from None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     except OSError as exc:  # read-only folder, disk full, ...
         raise FileError(f"cannot write {target}: {exc.strerror or exc}; the old file is unchanged") from None
     try:
+        os.fchmod(fd, mode)  # mkstemp makes 0600 whatever the umask
         # backslashreplace: a lone surrogate in an export must not abort the write
         data = text if isinstance(text, bytes) else text.encode("utf-8", "backslashreplace")
         with os.fdopen(fd, "wb") as fh:
@@ -193,11 +220,17 @@ def read(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> tuple
     except OSError as exc:
         raise FileError(f"cannot read {source}: {exc.strerror or exc}") from None
     try:
-        data = json.loads(raw.decode("utf-8"))
+        # NaN/Infinity parse in Python but are no number Ollama (or any JSON encoder) accepts.
+        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite_float)
+    except _NotFinite as exc:
+        raise FileError(f"{source} is not a valid chat file: it holds {exc}, which is not a number "
+                        "Ollama accepts") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FileError(f"{source} is not a valid chat file: not JSON ({exc})") from None
     except RecursionError:  # nesting deeper than any chat file has
         raise FileError(f"{source} is not a valid chat file: nested too deeply") from None
+    if depth_exceeds(data):  # what was stored is bounded; deeper breaks validation and fork
+        raise FileError(f"{source} is not a valid chat file: nested too deeply")
     if not isinstance(data, dict) or data.get("format") != "ollama_magic":
         raise FileError(f"{source} is not an ollama_magic chat file (save one with %ollama save)")
     if type(data.get("version")) is not int or data["version"] != FORMAT_VERSION:  # (True == 1 in Python)
@@ -208,6 +241,21 @@ def read(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> tuple
     if chats is None:  # anything unusual: the schema decides, and says what is wrong
         return _validated_chats(data, source)
     return chats, data["active"]
+
+
+class _NotFinite(Exception):
+    """NaN or Infinity in a file being loaded."""
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotFinite(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 overflows to inf without calling parse_constant
+        raise _NotFinite(text)
+    return value
 
 
 def _validated_chats(data: dict[str, Any], source: Path) -> tuple[list[Conversation], str]:

@@ -644,6 +644,9 @@ class OllamaTestServer:
       fit.
     - ``tool_mode``: "auto", "never", "always", "unknown", "badargs" or
       "rogue" (asks for a tool named ``secret`` even when no tools are offered).
+    - ``tool_arguments``: arguments for the tool call instead of the made-up
+      ones; ``tool_calls``: how many calls the model asks for in one round
+      (a flood, all in one chunk as Ollama sends them).
 
     ``disconnects`` and ``completed`` count streams the client abandoned and
     streams written to the end.
@@ -667,6 +670,8 @@ class OllamaTestServer:
     no_done: bool
     num_ctx: int | None
     tool_mode: str
+    tool_arguments: Any
+    tool_calls: int
     disconnects: int
     completed: int
 
@@ -709,6 +714,8 @@ class OllamaTestServer:
         self.no_done = False
         self.num_ctx = None
         self.tool_mode = "auto"
+        self.tool_arguments = None
+        self.tool_calls = 1
         self.disconnects = 0
         self.completed = 0
         self._loaded.clear()
@@ -904,6 +911,8 @@ class OllamaTestServer:
                 name, arguments = UNKNOWN_TOOL_NAME, {}
             elif self.tool_mode == "badargs":
                 arguments = {"unexpected_argument": "?"}  # missing the real ones too
+            if self.tool_arguments is not None:
+                arguments = self.tool_arguments
             call = {"function": {"name": name, "arguments": arguments}}
         elif self.tool_mode == "rogue" and last.get("role") == "user":
             # A confused model asking for a tool nobody offered: must never run.
@@ -911,7 +920,7 @@ class OllamaTestServer:
 
         done_reason = "stop"
         if call is not None:
-            chunks.append({"role": "assistant", "content": "", "tool_calls": [call]})
+            chunks.append({"role": "assistant", "content": "", "tool_calls": [call] * max(1, self.tool_calls)})
             counted.append(True)
         elif not kept:
             done_reason = "load"  # Ollama answers an empty chat by loading the model

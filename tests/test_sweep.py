@@ -182,3 +182,93 @@ def test_8_rerun_replaces_its_turn_in_the_chat_that_holds_it(ollama_server):
         assert ex.status == "ok", ex.text
         assert _kernel_state(k) == {"active": "other",
                                     "chats": {"default": ["first again"], "other": ["second", "first once more"]}}
+
+
+# -- 2. load refuses NaN / Infinity ----------------------------------------------------
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_2_load_refuses_non_finite_numbers(shell, ollama_server, tmp_path, value):
+    run(shell, "%%ollama\nkept")
+    path = tmp_path / "chats.json"
+    run(shell, f"%ollama save {path}")
+    data = json.loads(path.read_text())
+    data["chats"][0]["options"] = {"temperature": 0.5}
+    path.write_text(json.dumps(data).replace("0.5", value))
+    before = state(store_of(shell))
+    msg = one_line_usage_error(run(shell, f"%ollama load {path}"))
+    assert "not a number Ollama accepts" in msg, msg
+    assert state(store_of(shell)) == before
+    assert run(shell, "%%ollama\nstill works").success
+
+
+# -- 4. deeply nested tool arguments: stored bounded; save, load and fork work -----------
+def nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = {"a": [value]}
+    return value
+
+
+def test_4_deep_tool_arguments_are_bounded_and_round_trip(shell, ollama_server, tmp_path):
+    seen: list[Any] = []
+    shell.user_ns["seen"] = seen
+    run(shell, 'def probe(a: dict = None, nan: str = None) -> str:\n    """Look."""\n    seen.append(a)\n    return "ok"')
+    ollama_server.tool_arguments = {"a": nested(300)}
+    ollama_server.tool_arguments["nan"] = float("nan")
+    assert run(shell, "%%ollama --tools probe\ngo deep").success
+    ollama_server.tool_arguments = None
+    store = store_of(shell)
+    assert len(store.active.turns) == 1 and seen
+    path = tmp_path / "deep.json"
+    assert run(shell, f"%ollama save {path}").success
+    assert run(shell, "%ollama reset").success
+    res = run(shell, f"%ollama load {path}")
+    assert res.success, res.error_in_exec
+    assert len(store.active.turns) == 1
+    assert run(shell, "%ollama fork copy").success
+    assert len(store.get("copy").turns) == 1
+    assert run(shell, "%%ollama\nand on").success  # the next request carries it fine
+
+
+def test_4_files_nested_too_deeply_are_refused(shell, ollama_server, tmp_path):
+    run(shell, "%%ollama\nkept")
+    path = tmp_path / "deep.json"
+    run(shell, f"%ollama save {path}")
+    data = json.loads(path.read_text())
+    data["chats"][0]["options"] = {"x": nested(400)}
+    path.write_text(json.dumps(data))
+    before = state(store_of(shell))
+    assert "nested too deeply" in one_line_usage_error(run(shell, f"%ollama load {path}"))
+    assert state(store_of(shell)) == before
+
+
+# -- 13. files behave like files -----------------------------------------------------
+@pytest.mark.parametrize("verb,name", [("save", "chats.json"), ("export", "chat.md")])
+def test_13_file_modes_and_symlinks(shell, ollama_server, tmp_path, verb, name):
+    import os
+    import stat as st
+
+    run(shell, "%%ollama\nkept")
+    old = os.umask(0o022)
+    try:
+        new = tmp_path / name
+        assert run(shell, f"%ollama {verb} {new}").success
+        assert st.S_IMODE(new.stat().st_mode) == 0o644  # what open() gives with this umask
+        os.umask(0o077)
+        assert run(shell, f"%ollama {verb} {tmp_path / ('private-' + name)}").success
+        assert st.S_IMODE((tmp_path / ("private-" + name)).stat().st_mode) == 0o600
+        new.chmod(0o640)
+        assert run(shell, f"%ollama {verb} {new}").success
+        assert st.S_IMODE(new.stat().st_mode) == 0o640  # an existing file keeps its mode
+        real_dir = tmp_path / "real"
+        real_dir.mkdir()
+        real = real_dir / name
+        real.write_text("old")
+        real.chmod(0o664)
+        link = tmp_path / ("link-" + name)
+        link.symlink_to(real)
+        assert run(shell, f"%ollama {verb} {link}").success
+        assert link.is_symlink() and os.readlink(link) == str(real)
+        assert real.read_text() != "old" and st.S_IMODE(real.stat().st_mode) == 0o664
+        assert sorted(p.name for p in real_dir.iterdir()) == [name]  # no temp file left
+    finally:
+        os.umask(old)
