@@ -110,7 +110,7 @@ def escaped_stdout() -> Iterator[None]:
     if isinstance(sys.stdout, _Escaping):
         yield
         return
-    with contextlib.redirect_stdout(_Escaping(sys.stdout)):  # type: ignore[arg-type]
+    with contextlib.redirect_stdout(_Escaping(sys.stdout)):
         yield
 
 
