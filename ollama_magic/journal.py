@@ -33,7 +33,8 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -106,6 +107,19 @@ _FTS = "CREATE VIRTUAL TABLE turn_text USING fts5 (body)"
 
 class JournalError(Exception):
     """The journal cannot do what was asked; the message says what to do."""
+
+
+@contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE (the write lock up front) ... COMMIT; rolled back on any exception, an interrupt too."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _say(text: str) -> None:
@@ -361,8 +375,7 @@ class Journal:
 
     def _create(self, conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA journal_mode = WAL")  # persistent; needs no transaction open
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(conn):
             version = self._version(conn)  # another kernel may have created it meanwhile
             if version == 0:
                 if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
@@ -378,11 +391,6 @@ class Journal:
                 except Exception:  # no FTS5 in this SQLite: %ollama log uses LIKE
                     pass
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
 
     def _fail(self, exc: BaseException) -> None:
         message = self._describe(exc)
@@ -424,15 +432,9 @@ class Journal:
             assert conn is not None
             if conn.in_transaction:  # an interrupt in an earlier change
                 conn.execute("ROLLBACK")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(conn):
                 self._version(conn)
                 plan, seq = self._apply(conn, event, dirty)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
         except Exception as exc:  # whatever it is, the turn goes on in memory
             self._fail(exc)
             return False
@@ -718,36 +720,15 @@ class Journal:
 
     def forget(self) -> int:
         """Delete this notebook's journal and stop journaling it; returns the turns deleted."""
-        conn = self._open(write=False)
         if self._paused:
             raise JournalError("this notebook's journal is already forgotten; %ollama forget --undo brings it back")
-        found = None
+        conn = self._open(write=False)
+        gone = _Forgotten((), [], [], [])
         if conn is not None:
             conn.execute("PRAGMA secure_delete = ON")  # freed pages are zeroed, not just unlinked
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                found = conn.execute("SELECT * FROM sessions WHERE key = ?", (self.key,)).fetchone()
-                if found is not None:
-                    sid = found[0]
-                    chats = conn.execute("SELECT * FROM chats WHERE session = ?", (sid,)).fetchall()
-                    turns = conn.execute("SELECT * FROM turns WHERE chat IN (SELECT id FROM chats WHERE session = ?)",
-                                         (sid,)).fetchall()
-                    texts = conn.execute("SELECT rowid, body FROM turn_text WHERE rowid IN (SELECT t.id FROM turns t "
-                                         "JOIN chats c ON c.id = t.chat WHERE c.session = ?)",
-                                         (sid,)).fetchall() if self._fts else []
-                    if self._fts:
-                        conn.execute("DELETE FROM turn_text WHERE rowid IN (SELECT t.id FROM turns t "
-                                     "JOIN chats c ON c.id = t.chat WHERE c.session = ?)", (sid,))
-                    conn.execute("DELETE FROM turns WHERE chat IN (SELECT id FROM chats WHERE session = ?)", (sid,))
-                    conn.execute("DELETE FROM chats WHERE session = ?", (sid,))
-                    conn.execute("DELETE FROM sessions WHERE id = ?", (sid,))
-                    if self._fts:  # merge the index, so no segment keeps the deleted words
-                        conn.execute("INSERT INTO turn_text (turn_text) VALUES ('optimize')")
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+                with _immediate(conn):
+                    gone = self._delete_session(conn)
             finally:
                 conn.execute("PRAGMA secure_delete = OFF")
             try:  # the deleted text leaves the write-ahead log too
@@ -755,11 +736,27 @@ class Journal:
             except Exception:
                 pass
         self._paused, self._chats, self._seq, self._dirty = True, {}, None, True
+        self._forgotten = gone
+        return sum(1 for t in gone.turns if t[3])  # column 3: live
+
+    def _delete_session(self, conn: sqlite3.Connection) -> _Forgotten:
+        found = conn.execute("SELECT * FROM sessions WHERE key = ?", (self.key,)).fetchone()
         if found is None:
-            self._forgotten = _Forgotten((), [], [], [])
-            return 0
-        self._forgotten = _Forgotten(tuple(found), chats, turns, texts)
-        return sum(1 for t in turns if t[3])
+            return _Forgotten((), [], [], [])
+        sid = found[0]
+        of_session = "SELECT t.id FROM turns t JOIN chats c ON c.id = t.chat WHERE c.session = ?"
+        chats = conn.execute("SELECT * FROM chats WHERE session = ?", (sid,)).fetchall()
+        turns = conn.execute(f"SELECT * FROM turns WHERE id IN ({of_session})", (sid,)).fetchall()
+        texts = []
+        if self._fts:
+            texts = conn.execute(f"SELECT rowid, body FROM turn_text WHERE rowid IN ({of_session})", (sid,)).fetchall()
+            conn.execute(f"DELETE FROM turn_text WHERE rowid IN ({of_session})", (sid,))
+            # Merge the index, so no segment keeps the deleted words.
+            conn.execute("INSERT INTO turn_text (turn_text) VALUES ('optimize')")
+        conn.execute(f"DELETE FROM turns WHERE id IN ({of_session})", (sid,))
+        conn.execute("DELETE FROM chats WHERE session = ?", (sid,))
+        conn.execute("DELETE FROM sessions WHERE id = ?", (sid,))
+        return _Forgotten(tuple(found), chats, turns, texts)
 
     def unforget(self) -> None:
         """Undo `forget` (until the kernel ends): the rows come back, journaling resumes."""
@@ -769,8 +766,7 @@ class Journal:
         if gone.session:
             conn = self._open(write=True)
             assert conn is not None
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(conn):
                 if conn.execute("SELECT 1 FROM sessions WHERE key = ?", (self.key,)).fetchone():
                     raise JournalError("another kernel has journaled this notebook since the forget; "
                                        "the forgotten chats cannot come back over it")
@@ -779,13 +775,7 @@ class Journal:
                         conn.execute(f"INSERT INTO {table} VALUES ({', '.join('?' * len(row))})", row)
                 if self._fts:
                     conn.executemany("INSERT INTO turn_text (rowid, body) VALUES (?, ?)", gone.texts)
-                seq = gone.session[4]
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            self._seq = seq
+            self._seq = gone.session[4]  # column 4: seq
         self._forgotten, self._paused, self._dirty = None, False, True
         self.write(None)  # what changed meanwhile
 

@@ -463,3 +463,33 @@ def test_journal_rows_are_append_only_per_turn(tmp_path):
     assert all(not s.startswith("UPDATE turns") for s in writes)
     rows = json.loads(conn.execute("SELECT messages FROM turns ORDER BY id DESC LIMIT 1").fetchone()[0])
     assert rows[0]["content"] == "one more"
+
+
+def test_a_replayed_tool_turn_runs_no_tool(shell, ollama_server, db, monkeypatch, capsys, tmp_path):
+    nb = tmp_path / "t.ipynb"
+    calls: list[tuple[float, float]] = []
+
+    def rectangle_area(width: float, height: float) -> float:
+        """Area of a rectangle.
+
+        Args:
+            width: the width in metres
+            height: the height in metres
+        """
+        calls.append((width, height))
+        return width * height
+
+    cell = "%%ollama --tools rectangle_area\nWhat is the area of a room 3 by 4 metres?"
+    new_kernel(shell, monkeypatch, capsys, nb)
+    shell.user_ns["rectangle_area"] = rectangle_area
+    run(shell, cell, "a")
+    assert len(calls) == 1
+    first = magics_of(shell).store.active.turns[-1]
+    new_kernel(shell, monkeypatch, capsys, nb)
+    shell.user_ns["rectangle_area"] = rectangle_area
+    ollama_server.reset()
+    run(shell, cell, "a")
+    out = capsys.readouterr().out
+    assert ollama_server.chat_requests() == [] and len(calls) == 1  # answered from the journal, nothing run
+    assert "[tool] rectangle_area(width=3, height=4) → 12" in out and "replayed from " in out
+    assert magics_of(shell).store.active.turns[-1].messages == first.messages
