@@ -16,7 +16,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 
-__all__ = ["OllamaMagicError", "did_you_mean", "host_secrets", "is_http_status", "redact_host", "scrub", "translate"]
+__all__ = ["Interrupted", "OllamaMagicError", "did_you_mean", "host_secrets", "is_http_status", "redact_host", "scrub", "translate"]
 
 
 class _Unloaded:
@@ -43,6 +43,20 @@ def is_http_status(exc: BaseException, status: int) -> bool:
 
 class OllamaMagicError(UsageError):
     """A one-line error for the user (no traceback)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C / the stop button during a turn: what was kept, in one line.
+
+    A KeyboardInterrupt, so Jupyter ends the cell and "Run All" stops; IPython
+    shows `_render_traceback_` instead of the ~130 lines through httpx.
+    """
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"Interrupted: {self}"]
+
+
+Interrupted.__name__ = "KeyboardInterrupt"  # the `ename` Jupyter reports, as for any Ctrl-C
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

@@ -28,7 +28,7 @@ from traitlets import Bool, Dict, Enum, Float, Int, Unicode, default, observe
 
 from . import chat, context
 from .commands import Subcommands
-from .errors import OllamaMagicError, did_you_mean, host_secrets, is_http_status, redact_host, scrub, translate
+from .errors import Interrupted, OllamaMagicError, did_you_mean, host_secrets, is_http_status, redact_host, scrub, translate
 from .interpolate import default_renderer, interpolate_refs
 from .journal import Journal, default_path, session_key
 from .journal_commands import JournalCommands
@@ -322,8 +322,9 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
             exchange, reply = (self.journal.replay(request, view, fresh=args.fresh or not self.replay)
                                or chat.converse(client, request, view, max_tool_rounds=self.max_tool_rounds))
         except KeyboardInterrupt:
-            self._interrupted(view, args, user, cell_id, model, started_at, target, variables)
-            raise
+            kept = self._interrupted(view, args, user, cell_id, model, started_at, target, variables)
+            # Still a KeyboardInterrupt (Run All stops), shown as one line, not httpx's traceback.
+            raise Interrupted(kept) from None
         except chat.ToolRoundsExceeded as exc:
             view.finish(footer_text(model, {}, time.perf_counter() - started_at, ["stopped: too many tool rounds"]))
             raise OllamaMagicError(f"{exc}; nothing of this turn was stored. Raise %config OllamaMagics.max_tool_rounds or ask differently.") from None
@@ -380,19 +381,24 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
                 self.shell.set_next_input(code, replace=False)
 
     def _interrupted(self, view: View, args: Any, user: dict[str, Any], cell_id: str | None,
-                     model: str, started_at: float, target: Target, variables: dict[str, str]) -> None:
-        """Keep what arrived, marked; a half tool exchange is not a valid history."""
+                     model: str, started_at: float, target: Target, variables: dict[str, str]) -> str:
+        """Keep what arrived, marked; a half tool exchange is not a valid history.
+
+        A round that asked for tools (whether or not one has run yet) is such a
+        half exchange: nothing is stored. Returns what the one-line notice says.
+        """
         reply = view.reply
         seconds = time.perf_counter() - started_at
-        if view.tools or not (reply.parts or reply.thinking_parts) or args.once:
+        if view.tools or reply.tool_calls or not (reply.parts or reply.thinking_parts) or args.once:
             view.finish(footer_text(model, reply.stats, seconds, ["interrupted", "nothing stored"]))
-            return
+            return "nothing of this turn was stored"
         meta = self._meta(reply.stats, cell_id, model, "interrupted", {}, variables)
         turn = Turn((user, reply.message(with_tool_calls=False)), meta)
         self._commit(turn, args, target)
         self.last_reply = reply.content
         notes = ["interrupted", "partial reply kept", *([target.note] if target.note else [])]
         view.finish(footer_text(model, reply.stats, seconds, notes))
+        return f"partial reply kept in chat {target.name!r}, marked interrupted (undo with %ollama undo)"
 
     def _commit(self, turn: Turn, args: Any, target: Target) -> Commit:
         """Store a turn with the cell's -c, -m, --system and --new, as one undo step."""

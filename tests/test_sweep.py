@@ -272,3 +272,43 @@ def test_13_file_modes_and_symlinks(shell, ollama_server, tmp_path, verb, name):
         assert sorted(p.name for p in real_dir.iterdir()) == [name]  # no temp file left
     finally:
         os.umask(old)
+
+
+# -- 3. Ctrl-C while a tool runs stores nothing, whatever the timing --------------------
+def test_3_interrupt_during_the_first_tool_stores_nothing(shell, ollama_server, capsys):
+    run(shell, "%%ollama\nkept")
+    before = state(store_of(shell))
+    # The tool itself is where Ctrl-C lands: deterministic, no timer. The round
+    # has thinking before its tool call (the "Let me check." preamble).
+    run(shell, 'def slow(x: int) -> int:\n    """Take a while."""\n    raise KeyboardInterrupt')
+    res = run(shell, "%%ollama -m qwen3 --think --tools slow\nlook up 3")
+    assert isinstance(res.error_in_exec, KeyboardInterrupt)
+    assert state(store_of(shell)) == before
+    assert "nothing stored" in capsys.readouterr().out
+
+
+# -- 6. an interrupt is one line, and still a KeyboardInterrupt (real kernel) ----------------
+def test_6_interrupt_is_one_line_and_a_keyboard_interrupt(ollama_server):
+    from kernel_util import kernel
+
+    ollama_server.token_delay = 0.02
+    ollama_server.reply_tokens = 2000
+    with kernel({"OLLAMA_HOST": ollama_server.host}) as k:
+        assert k.execute("%load_ext ollama_magic\n%ollama model llama3.2").status == "ok"
+        msg_id = k.send("%%ollama\ntell me a long story", cell_id="story")
+        k.wait_for_output(msg_id, "I saw")
+        k.km.interrupt_kernel()
+        ex = k.collect(msg_id)
+        content = ex.reply["content"]
+        assert content["status"] == "error" and content["ename"] == "KeyboardInterrupt"
+        errors = [m["content"] for m in ex.outputs if m["msg_type"] == "error"]
+        assert len(errors) == 1 and errors[0]["ename"] == "KeyboardInterrupt"
+        tb = "\n".join(errors[0]["traceback"])
+        assert len(errors[0]["traceback"]) == 1 and "partial reply kept" in tb, tb
+        assert "httpx" not in tb and "Traceback" not in tb
+        assert "interrupted" in ex.text  # the footer
+        # Run All stops: the next cell of the same request batch is not run by Jupyter,
+        # and the kernel is fine for the next one.
+        state_ex = k.execute("_m = get_ipython().magics_manager.registry['OllamaMagics']\n"
+                             "print(_m.store.active.turns[-1].meta.status)")
+        assert state_ex.text.strip() == "interrupted"
