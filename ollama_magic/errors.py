@@ -135,7 +135,8 @@ def translate(exc: BaseException, *, host: str, host_source: str, model: str,
             )
         if exc.status_code == -1 or started:
             return OllamaMagicError(f"Ollama reported an error mid-reply: {text}.{lost}")
-        return OllamaMagicError(f"Ollama at {host} answered HTTP {exc.status_code}: {text}.{lost}")
+        said = f": {text}" if text else " with an empty body"  # a bare 503 from a proxy or a busy server
+        return OllamaMagicError(f"Ollama at {host} answered HTTP {exc.status_code}{said}.{lost}")
     if isinstance(exc, httpx.TimeoutException):
         limit = f"within {timeout:g} s" if timeout else "in time"
         return OllamaMagicError(
@@ -148,6 +149,13 @@ def translate(exc: BaseException, *, host: str, host_source: str, model: str,
         return OllamaMagicError(f"Ollama at {host} sent a response that is not JSON.{lost} Is it an Ollama server?")
     if isinstance(exc, httpx.HTTPError):
         return OllamaMagicError(f"Request to Ollama at {host} failed: {_one_line(str(exc))}.{lost}")
+    if isinstance(exc, _loaded("pydantic_core").ValidationError):  # 200 and JSON, but the wrong shape
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ())) or "the response"
+        return OllamaMagicError(
+            f"Ollama at {host} answered with JSON that is not what the Ollama API sends "
+            f"({where}: {_one_line(first.get('msg', 'invalid'), 120)}).{lost} Is it an Ollama server?"
+        )
     return None
 
 

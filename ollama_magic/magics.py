@@ -33,6 +33,7 @@ from .interpolate import default_renderer, interpolate_refs
 from .journal import Journal, default_path, session_key
 from .journal_commands import JournalCommands
 from .parsing import first_code_block, parse_options, split_args
+from .names import check_out_name, format_hint, is_tool, tool_error
 from .routing import Target, target_chat
 from .safe import escaped_stdout, terminal
 from .render import NotebookView, TerminalView, View, footer_text
@@ -184,6 +185,8 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
         return chat.client_for(self._host()[0], dict(self.headers), self.timeout)
 
     def _friendly(self, exc: BaseException, model: str = "", *, started: bool = False) -> OllamaMagicError:
+        if isinstance(exc, OllamaMagicError):  # already one line (a bad host URL, ...)
+            return exc
         host, source = self._host()
         installed = None
         if is_http_status(exc, 404):
@@ -299,8 +302,8 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
             if not math.isfinite(args.temperature):
                 raise OllamaMagicError(f"-t takes a finite number like 0.7, not {args.temperature}")
             turn_opts["temperature"] = args.temperature
-        if args.out and not args.out.isidentifier():
-            raise OllamaMagicError(f"--out needs a variable name, not {args.out!r}")
+        if args.out:
+            check_out_name(args.out, self.shell.user_ns_hidden)
         cell_id = None if args.once else self.cell_id
         # Nothing changes until the turn is stored: -c NEW is made (and made active) then.
         target = target_chat(store, args.chat, cell_id, rerun=self._rerun, confirmed=args.new)
@@ -488,7 +491,7 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
             return "json"
         ns = self.shell.user_ns
         if spec not in ns:
-            raise OllamaMagicError(f"--format takes 'json' or a variable holding a JSON schema; {spec!r} is not defined{did_you_mean(spec, [k for k in ns if not k.startswith('_')])}")
+            raise OllamaMagicError(f"--format takes 'json' or a variable holding a JSON schema; {spec!r} is not defined{format_hint(spec, ns, self.shell.user_ns_hidden)}")
         value = ns[spec]
         if isinstance(value, dict):
             return value
@@ -506,9 +509,8 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
             if not name:
                 continue
             fn = ns.get(name)
-            if not callable(fn) or isinstance(fn, type):
-                hint = did_you_mean(name, [k for k, v in ns.items() if callable(v) and not k.startswith("_")])
-                raise OllamaMagicError(f"--tools: {name!r} is not a function in this notebook{hint}")
+            if not is_tool(fn):
+                raise tool_error(name, fn, ns, self.shell.user_ns_hidden)
             tools[name] = fn
         return tools or None
 

@@ -399,8 +399,10 @@ class _Handler(BaseHTTPRequestHandler):
             elif route in (("GET", "/api/tags"), ("HEAD", "/api/tags")):
                 self._send_json(200, {"models": [owner._tag_entry(n) for n in owner.models]})
             elif route in (("GET", "/api/ps"), ("HEAD", "/api/ps")):
+                self._pause(owner.show_delay, cancel)
                 self._send_json(200, {"models": owner._ps_entries()})
             elif route == ("POST", "/api/show"):
+                self._pause(owner.show_delay, cancel)
                 self._show(parsed, bad_json)
             elif route == ("POST", "/api/chat"):
                 self._chat(parsed, bad_json, cancel, started)
@@ -460,7 +462,15 @@ class _Handler(BaseHTTPRequestHandler):
     def _chat(self, request: Any, bad_json: str | None, cancel: threading.Event, started: float) -> None:
         owner = self.owner
         if owner.status is not None:
-            self._send_error(owner.status, f"simulated server error (HTTP {owner.status})")
+            if owner.status_body is not None:  # e.g. b"": a proxy's bare 503
+                self._send_bytes(owner.status, owner.status_body, "text/plain; charset=utf-8")
+            else:
+                self._send_error(owner.status, f"simulated server error (HTTP {owner.status})")
+            return
+        if owner.wrong_shape and isinstance(request, dict):  # 200 and JSON, but not a chat response
+            body = b'{"message": 5, "done": "soon"}\n'
+            self._send_bytes(200, body, "application/x-ndjson" if request.get("stream", True) is not False
+                             else "application/json; charset=utf-8")
             return
         if bad_json or not isinstance(request, dict):
             self._send_error(400, bad_json or "invalid request body")
@@ -634,7 +644,10 @@ class OllamaTestServer:
     - ``reply_tokens``: pad prose replies with " w1 w2 ..." (or cut them,
       done_reason "length") to exactly this many content tokens.
     - ``reply``: fixed content instead of the echo.
-    - ``status``: answer every /api/chat with this HTTP status.
+    - ``status``: answer every /api/chat with this HTTP status (and
+      ``status_body`` as the body instead of Ollama's error JSON, if set).
+    - ``wrong_shape``: /api/chat answers 200 with JSON that is not a chat response.
+    - ``show_delay``: seconds before /api/show and /api/ps answer.
     - ``error_after`` / ``drop_after`` / ``stall_after``: after N content
       tokens (thinking chunks do not count, a tool call does), send an error
       line / cut the connection mid-line / sleep ``stall_seconds``.
@@ -661,6 +674,9 @@ class OllamaTestServer:
     reply_tokens: int | None
     reply: str | None
     status: int | None
+    status_body: bytes | None
+    wrong_shape: bool
+    show_delay: float
     error_after: int | None
     drop_after: int | None
     stall_after: int | None
@@ -705,6 +721,9 @@ class OllamaTestServer:
         self.reply_tokens = self._default_reply_tokens
         self.reply = None
         self.status = None
+        self.status_body = None
+        self.wrong_shape = False
+        self.show_delay = 0.0
         self.error_after = None
         self.drop_after = None
         self.stall_after = None

@@ -312,3 +312,60 @@ def test_6_interrupt_is_one_line_and_a_keyboard_interrupt(ollama_server):
         state_ex = k.execute("_m = get_ipython().magics_manager.registry['OllamaMagics']\n"
                              "print(_m.store.active.turns[-1].meta.status)")
         assert state_ex.text.strip() == "interrupted"
+
+
+# -- 12. one clear line for each of these ----------------------------------------------
+def test_12_wrong_json_shape_is_one_line(shell, ollama_server):
+    run(shell, "%%ollama\nkept")
+    before = state(store_of(shell))
+    ollama_server.wrong_shape = True
+    for flags in ("", " --no-stream"):
+        msg = one_line_usage_error(run(shell, f"%%ollama{flags}\nhello"))
+        assert "not what the Ollama API sends" in msg and "pydantic" not in msg and "validation error" not in msg, msg
+    assert state(store_of(shell)) == before
+
+
+def test_12_empty_503_says_so(shell, ollama_server):
+    ollama_server.status, ollama_server.status_body = 503, b""
+    msg = one_line_usage_error(run(shell, "%%ollama\nhello"))
+    assert "HTTP 503 with an empty body" in msg and ": ." not in msg, msg
+
+
+def test_12_models_with_a_bad_host_has_no_class_prefix(shell, ollama_server, monkeypatch):
+    monkeypatch.setenv("OLLAMA_HOST", "http://[::1")
+    msg = one_line_usage_error(run(shell, "%ollama models"))
+    assert "OllamaMagicError" not in msg and "not a valid URL" in msg, msg
+
+
+def test_12_tools_that_are_not_functions(shell, ollama_server):
+    run(shell, "import functools\ndef area(w: int, h: int) -> int:\n    'Area.'\n    return w * h\n"
+               "class Klass:\n    def __call__(self, x: int) -> int:\n        'x'\n        return x\n"
+               "part = functools.partial(area, 2)\nobj = Klass()\nklass = Klass")
+    sent = len(ollama_server.requests)
+    msg = one_line_usage_error(run(shell, "%%ollama --tools part\nhi"))
+    assert "functools.partial" in msg and "wrap it in a def" in msg, msg
+    msg = one_line_usage_error(run(shell, "%%ollama --tools obj\nhi"))
+    assert "Klass object" in msg and "__name__" not in msg, msg
+    msg = one_line_usage_error(run(shell, "%%ollama --tools klass\nhi"))
+    assert "a class" in msg and "did you mean 'klass'" not in msg, msg
+    assert "did you mean 'area'" in one_line_usage_error(run(shell, "%%ollama --tools aera\nhi"))
+    assert len(ollama_server.requests) == sent
+
+
+def test_12_format_suggests_only_schemas(shell, ollama_server):
+    run(shell, "Person = {'type': 'object'}")
+    msg = one_line_usage_error(run(shell, "%%ollama --format Nope\nhi"))
+    assert "did you mean" not in msg, msg  # not the builtin `open`
+    msg = one_line_usage_error(run(shell, "%%ollama --format Persn\nhi"))
+    assert "did you mean 'Person'" in msg
+
+
+@pytest.mark.parametrize("name", ["get_ipython", "In", "Out", "exit", "quit", "_ih", "_oh", "_dh", "_",
+                                  "__builtins__", "_i3", "_5", "class"])
+def test_12_out_refuses_names_ipython_needs(shell, ollama_server, name):
+    sent = len(ollama_server.requests)
+    msg = one_line_usage_error(run(shell, f"%%ollama --out {name}\nhi"))
+    assert name in msg
+    assert len(ollama_server.requests) == sent
+    assert run(shell, "%ollama chats").success  # every later magic still works
+    assert run(shell, "%%ollama --out reply\nhi").success and shell.user_ns["reply"]
