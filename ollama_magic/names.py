@@ -47,8 +47,9 @@ def tool_error(name: str, value: Any, ns: Mapping[str, Any], hidden: Mapping[str
             "and a docstring (the model is shown those)"
         )
     hint = did_you_mean(name, [k for k, v in _public(ns, hidden) if is_tool(v) and k != name])
-    what = "a class" if isinstance(value, type) else "not defined" if value is None and name not in ns else f"a {type(value).__name__}"
-    return OllamaMagicError(f"--tools: {name!r} is {what}, not a function in this notebook{hint}")
+    what = ("a class" if isinstance(value, type) else "not defined" if name not in ns
+            else f"a value of type {type(value).__name__}")
+    return OllamaMagicError(f"--tools: {name!r} is not a function in this notebook (it is {what}){hint}")
 
 
 def check_out_name(name: str, hidden: Mapping[str, Any]) -> None:

@@ -347,7 +347,7 @@ def test_12_tools_that_are_not_functions(shell, ollama_server):
     msg = one_line_usage_error(run(shell, "%%ollama --tools obj\nhi"))
     assert "Klass object" in msg and "__name__" not in msg, msg
     msg = one_line_usage_error(run(shell, "%%ollama --tools klass\nhi"))
-    assert "a class" in msg and "did you mean 'klass'" not in msg, msg
+    assert "it is a class" in msg and "did you mean 'klass'" not in msg, msg
     assert "did you mean 'area'" in one_line_usage_error(run(shell, "%%ollama --tools aera\nhi"))
     assert len(ollama_server.requests) == sent
 
