@@ -234,11 +234,13 @@ def test_corpus_is_inert_live_saved_and_untrusted(lab_run: dict[str, Any]) -> No
 
 def _reply_screenshot(page: Any, target: Path) -> None:
     page.evaluate("() => { window.jupyterapp.shell.collapseLeft(); window.jupyterapp.shell.collapseRight(); }")
+    page.set_viewport_size({"width": 1000, "height": 1500})  # the whole cell, footer included
     cell = page.locator(".jp-Notebook .jp-Cell").nth(list(CELLS).index("normal"))
     cell.evaluate("el => el.scrollIntoView({block: 'start'})")
     page.wait_for_timeout(300)
     target.parent.mkdir(parents=True, exist_ok=True)
     cell.screenshot(path=str(target))
+    page.set_viewport_size({"width": 1100, "height": 900})
     print(f"[browser-hostile] screenshot: {target}")
 
 
