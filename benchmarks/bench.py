@@ -389,7 +389,8 @@ def run_rows(ctx: Ctx, only: set[str] | None) -> list[Row]:
         if only and spec.key not in only:
             continue
         if ctx.quick and not spec.quick:
-            rows.append(Row(_id(spec.order), spec.key, "skipped", "", "full run only (not --quick)", "", None))
+            rows.append(Row(_id(spec.order), spec.key, "skipped", "", "full run only (not --quick)", "", None,
+                            data={"section": spec.key}))
             continue
         ctx.log(f"{spec.key}")
         t0 = time.perf_counter()
@@ -881,6 +882,133 @@ def rows_kernel(ctx: Ctx) -> list[Row]:
     return rows
 
 
+# -- 6. JupyterLab + Chromium: a long reply drawn ------------------------------------------------
+BROWSER_TOKENS = 20_000
+# Run cell i (as the user's Shift+Enter does, without moving on) and note when.
+JS_RUN_CELL = """(i) => {
+  const nb = window.jupyterapp.shell.currentWidget.content;
+  nb.activeCellIndex = i;
+  nb.mode = 'command';
+  window.__bench_t0 = performance.now();
+  window.jupyterapp.commands.execute('notebook:run-cell');
+  return window.__bench_t0;
+}"""
+# Cell i is finished and its output shows `needle`: the time that happened (else false).
+JS_CELL_DRAWN = """([i, needle]) => {
+  const w = window.jupyterapp.shell.currentWidget;
+  const k = w.sessionContext.session && w.sessionContext.session.kernel;
+  const cell = w.content.widgets[i];
+  if (!k || k.status !== 'idle' || cell.model.executionCount === null) return false;
+  const area = cell.node.querySelector('.jp-OutputArea');
+  return area && area.innerText.includes(needle) ? performance.now() : false;
+}"""
+JS_LONG_TASKS = """() => {
+  window.__bench_lt = [];
+  new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) window.__bench_lt.push([e.startTime, e.duration]);
+  }).observe({type: 'longtask'});
+  return true;
+}"""
+JS_LONG_TASKS_BETWEEN = """([t0, t1]) => (window.__bench_lt || [])
+  .filter(([s, d]) => s + d >= t0 && s <= t1).reduce((a, [s, d]) => a + d, 0)"""
+
+
+@bench_row("browser", order=6, quick=False)
+def rows_browser(ctx: Ctx) -> list[Row]:
+    """JupyterLab 4 + Debian Chromium (Playwright): a 20,000-token reply at 1 ms/token.
+
+    Drawn = from the run command in the page until the cell is done and its
+    output shows the reply's end (ours: the footer; floor: the last word);
+    long tasks = the page's PerformanceObserver `longtask` entries in that
+    span. Floor: the raw client loop + one `display(Markdown(text))` in the
+    same kernel and page. Alternating, after one warm-up each with 200 tokens.
+    """
+    sys.path.insert(0, str(ROOT / "tests"))
+    import nbformat
+    from browser_util import CHROMIUM, CHROMIUM_ARGS, JS_KERNEL_STATE, LabServer  # noqa: E402
+    from playwright.sync_api import sync_playwright
+
+    from ollama_magic.testing import split_tokens
+
+    n = int(getattr(ctx.args, "browser_tokens", None) or BROWSER_TOKENS)
+    big, small = ctx.server(n), ctx.server(REPLY_TOKENS)
+    base = split_tokens(f"I saw 1 messages. You said: {QUESTION}")
+    last_word = f"w{n - len(base)}" if n > len(base) else base[-1].strip()
+    reps = 2 if n >= 10_000 else 3
+    cells = [
+        f"%load_ext ollama_magic\n%ollama model {MODEL}\nimport os",
+        f"os.environ['OLLAMA_HOST'] = {small!r}",
+        f"os.environ['OLLAMA_HOST'] = {big!r}",
+        f"%ollama reset\n",
+        f"%%ollama\n{QUESTION}",
+        RAW_KERNEL_CODE.format(host=small, model=MODEL, question=QUESTION),
+        RAW_KERNEL_CODE.format(host=big, model=MODEL, question=QUESTION),
+    ]
+    with tempfile.TemporaryDirectory(prefix="ollama-magic-bench-lab-") as tmp:
+        lab = LabServer(Path(tmp), extra_env={"OLLAMA_HOST": small})
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+        nb.cells = [nbformat.v4.new_code_cell(src) for src in cells]
+        nbformat.write(nb, str(lab.notebook_dir / "bench.ipynb"))
+        lab.start()
+        pw = sync_playwright().start()
+        try:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
+            page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
+            page.goto(f"{lab.url}/lab/tree/bench.ipynb?token={lab.token}", wait_until="domcontentloaded",
+                      timeout=60_000)
+            page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
+                                   " && window.jupyterapp.shell.currentWidget.content", timeout=120_000)
+            page.wait_for_function(f"() => ({JS_KERNEL_STATE})() === 'idle/connected'", timeout=120_000,
+                                   polling=200)
+            page.evaluate(JS_LONG_TASKS)
+            # The observer sees long tasks: one of ~80 ms, made on purpose, must show up.
+            page.evaluate("() => setTimeout(() => { const t = performance.now(); while (performance.now() - t < 80) {} })")
+            page.wait_for_timeout(300)
+            if not page.evaluate("() => window.__bench_lt.some(([s, d]) => d >= 70)"):
+                raise RuntimeError("the page's PerformanceObserver reports no long tasks")
+
+            def run(i: int, needle: str, timeout_s: float) -> tuple[float, float]:
+                t0 = page.evaluate(JS_RUN_CELL, i)
+                t1 = page.wait_for_function(JS_CELL_DRAWN, arg=[i, needle], timeout=timeout_s * 1000,
+                                            polling="raf").json_value()
+                lt = page.evaluate(JS_LONG_TASKS_BETWEEN, [t0, t1])
+                return (t1 - t0) / 1000, lt / 1000
+
+            run(0, "", 60)
+            run(1, "", 30)
+            small_last = f"w{REPLY_TOKENS - len(base)}"
+            run(4, "tok/s", 60)  # warm-ups: the magic's and the raw loop's code paths, and the renderers
+            run(5, small_last, 60)
+            run(2, "", 30)
+            timeout = 120 + n * TOKEN_DELAY * 4
+            ours, raw = [], []
+            for i in range(reps):
+                for kind in (("ours", "raw") if i % 2 == 0 else ("raw", "ours")):
+                    if kind == "ours":
+                        run(3, "", 30)
+                        ours.append(run(4, "tok/s", timeout))
+                    else:
+                        raw.append(run(6, last_word, timeout))
+            browser.close()
+        finally:
+            pw.stop()
+            lab.stop()
+    data = {"tokens": n, "drawn_s": summary([o[0] for o in ours]), "long_tasks_s": summary([o[1] for o in ours]),
+            "raw_drawn_s": summary([r[0] for r in raw]), "raw_long_tasks_s": summary([r[1] for r in raw])}
+    drawn = data["drawn_s"]["median"] / data["raw_drawn_s"]["median"]
+    lt_ratio = data["long_tasks_s"]["median"] / max(0.001, data["raw_long_tasks_s"]["median"])
+    data.update(drawn_ratio=drawn, long_tasks_ratio=lt_ratio)
+    return [
+        Row("6", f"browser: {n:,}-token reply drawn in JupyterLab", fmt_stat(data["drawn_s"], "s"),
+            f"raw loop + one render: {fmt_stat(data['raw_drawn_s'], 's')}", f"{drawn:.2f}×",
+            f"≤ {TARGETS['browser_drawn_ratio']:g}×", drawn <= TARGETS["browser_drawn_ratio"], data=data),
+        Row("6", "browser: main-thread long tasks while it streams", fmt_stat(data["long_tasks_s"], "s"),
+            f"raw loop + one render: {fmt_stat(data['raw_long_tasks_s'], 's')}", f"{lt_ratio:.2f}×",
+            f"≤ {TARGETS['browser_long_tasks_ratio']:g}×", lt_ratio <= TARGETS["browser_long_tasks_ratio"]),
+    ]
+
+
 # -- 7. scale: a turn at 1k / 10k / 100k stored turns ---------------------------------------------
 SCALE_SIZES = (1000, 10_000, 100_000)
 SCALE_SIZES_QUICK = (1000, 10_000)
@@ -1237,6 +1365,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--reps", type=int, default=None, help="repetitions per figure (default 15, quick 3)")
     ap.add_argument("--only", metavar="ROW[,ROW]", help="run only these rows: " + ", ".join(
         s.key for s in sorted(ROWS, key=lambda s: s.order)))
+    ap.add_argument("--browser-tokens", type=int, default=None, metavar="N",
+                    help=f"reply length for the browser row (default {BROWSER_TOKENS:,})")
     ap.add_argument("--peer-python", metavar="PATH", help="interpreter with jupyter-ai-magics + langchain-ollama "
                     "(e.g. a venv made with `pip install -e .[bench]`); without it the peer column is skipped")
     ap.add_argument("--peer", choices=sorted(PEERS), default="jupyter-ai", help="which peer magic to measure")

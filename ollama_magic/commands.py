@@ -40,9 +40,15 @@ class Subcommand:
     name: str
     summary: str
     func: Callable[..., Any]
-    parser: MagicArgumentParser
     text: bool = False  # its positional `text` is the rest of the line, as typed
     raw: str | None = None  # usage of a subcommand that parses its own line (args.line)
+
+    @property
+    def parser(self) -> MagicArgumentParser:
+        # Built on first use: two dozen argparse parsers cost ~10 ms at %load_ext.
+        if not hasattr(self.func, "parser"):
+            magic_arguments(f"ollama {self.name}")(self.func)
+        return self.func.parser  # type: ignore[attr-defined, no-any-return]
 
     @property
     def usage(self) -> str:
@@ -66,8 +72,7 @@ def subcommand(name: str, summary: str, *, text: bool = False,
     """
 
     def register(func: Callable[..., Any]) -> Callable[..., Any]:
-        func = magic_arguments(f"ollama {name}")(func)
-        REGISTRY[name] = Subcommand(name, summary, func, func.parser, text, raw)  # type: ignore[attr-defined]
+        REGISTRY[name] = Subcommand(name, summary, func, text, raw)  # its parser: when first used
         return func
 
     return register

@@ -271,6 +271,15 @@ class Conversation:
         self._edited += meta.edited
         self._generated += meta.eval_count or 0
 
+    def _copy_turns(self, other: Conversation) -> None:
+        """Take `other`'s turns with their index (copies made in C: no turn is re-added)."""
+        self._turns[:] = other._turns
+        self._cells = dict(other._cells)
+        self._prev, self._ends = array("q", other._prev), array("q", other._ends)
+        self._maxp, self._ctx = array("q", other._maxp), array("q", other._ctx)
+        self._sent = list(other._sent)
+        self._edited, self._generated = other._edited, other._generated
+
     def _set(self, index: int, turn: Turn) -> Turn:
         """Replace one turn; returns the old one (what an edit does)."""
         old = self._turns[index]
@@ -719,7 +728,7 @@ class ConversationStore:
                     self._undo.pop(conv.name, None)
                 old = self._chats[conv.name]
                 old.model, old.system, old.options = conv.model, conv.system, dict(conv.options)
-                old._splice(0, conv.turns)
+                old._copy_turns(conv)
                 self._emit("restored", conv.name)
             else:
                 self._chats[conv.name] = conv
