@@ -27,21 +27,22 @@ Rows (see each function's docstring for what exactly is timed):
 8. memory         tracemalloc and RSS per 1,000 turns, with and without undo
 9. files          `%ollama save` / `load` at 10k turns vs plain `json.dumps` / `json.loads`
 10. panel         `HistoryPanel` over 1,000 turns, commit with a panel open
+11. journal       commit with the SQLite journal at 10k journaled turns, restore, `%load_ext`
 peer column       rows 1-3 for jupyter-ai (`--peer-python`)
 
 Adding a row (helpers: journal, panel, context, ...): write ONE function and
 decorate it, nothing else in this file needs to change:
 
-    @bench_row("journal", order=11, quick=True)
-    def rows_journal(ctx: Ctx) -> list[Row]:
+    @bench_row("mine", order=12, quick=True)
+    def rows_mine(ctx: Ctx) -> list[Row]:
         # docstring: what is timed, against which floor
-        data = ctx.child("journal", {"turns": 1000 if ctx.quick else 10_000})  # -> child_journal(params)
-        return [Row("11", "journal: commit with the journal on", fmt_stat(data["ours"], "ms", 1000),
-                    f"journal off: {fmt_stat(data['floor'], 'ms', 1000)}", f"{data['ratio']:.2f}×",
+        data = ctx.child("mine", {"turns": 1000 if ctx.quick else 10_000})  # -> child_mine(params)
+        return [Row("12", "mine: commit with it on", fmt_stat(data["ours"], "ms", 1000),
+                    f"off: {fmt_stat(data['floor'], 'ms', 1000)}", f"{data['ratio']:.2f}×",
                     "≤ 1.1×", data["ratio"] <= 1.1, data=data)]
 
-    @bench_child("journal")
-    def child_journal(p: dict) -> dict:      # runs in a fresh interpreter, returns JSON-able data
+    @bench_child("mine")
+    def child_mine(p: dict) -> dict:      # runs in a fresh interpreter, returns JSON-able data
         ...
 
 `Ctx` gives: `quick`, `reps`, `python`, `env` (child environment, OLLAMA_HOST
@@ -1044,6 +1045,14 @@ def rows_scale(ctx: Ctx) -> list[Row]:
                         f"{fmt_stat(g['client_s'], 'ms', 1000)})",
                         "–" if n == sizes[0] else f"{delta:+.2f} ms vs {sizes[0]:,} turns",
                         f"within ±{TARGETS['own_cpu_flat_ms']:g} ms of {sizes[0]:,} turns", met, data=g))
+    # Attribution: the largest size again with the journal off (OLLAMA_MAGIC_DB=''), no target.
+    off = ctx.child("scale", {"sizes": [sizes[0], sizes[-1]], "reps": 2, "host": ctx.server(REPLY_TOKENS)},
+                    timeout=1800, env={**ctx.env, "OLLAMA_MAGIC_DB": ""})
+    d_off = off[str(sizes[-1])]["own_ms"] - off[str(sizes[0])]["own_ms"]
+    rows.append(Row("7", f"scale: own CPU per turn at {sizes[-1]:,} turns, journal off (attribution)",
+                    fmt_stat(off[str(sizes[-1])]["own_s"], "ms", 1000),
+                    f"journal off at {sizes[0]:,} turns: {fmt_stat(off[str(sizes[0])]['own_s'], 'ms', 1000)}",
+                    f"{d_off:+.2f} ms vs {sizes[0]:,} turns", "–", None, data={"journal_off": off}))
     for n in sizes:
         g = got[str(n)]
         target = f"≤ {TARGETS['commit_ms_at_100k']:g} ms"
@@ -1291,6 +1300,125 @@ def rows_panel(ctx: Ctx) -> list[Row]:
             f"< {TARGETS['panel_append_ms']:g} ms", pn["append_s"]["median"] * 1000 < TARGETS["panel_append_ms"]),
     ]
 
+
+
+# -- 11. the journal (the journal helper's row) -----------------------------------------------
+JOURNAL_TURNS = 10_000
+JOURNAL_RESTORE_TURNS = 1_000
+TARGETS.update({"journal_turn_ms_at_10000": 5.0, "journal_restore_s_at_1000": 0.5, "journal_load_added_ms": 10.0})
+
+
+@bench_row("journal", order=11)
+def rows_journal(ctx: Ctx) -> list[Row]:
+    """SQLite (WAL, synchronous=NORMAL) holding 10,000 turns of ten notebooks: a commit with the
+    journal listening (its transaction included) against the same commit with it detached,
+    alternating; restore = a new kernel's `Journal.attach(store, restore=True)`; load = in-process
+    `%load_ext` of a notebook whose journal file does not exist, against `OllamaMagics.db = ''`."""
+    jr = ctx.child("journal", {"reps": max(1, ctx.reps // 3), "turns": JOURNAL_TURNS,
+                               "restore_turns": JOURNAL_RESTORE_TURNS}, timeout=600)
+    ctx.res["journal"] = jr
+    t = TARGETS
+    return [
+        Row("11", f"journal: `store.commit(turn)` at {jr['journaled_turns']} journaled turns",
+            fmt_stat(jr["commit_s"], "ms", 1000), f"without the journal: {fmt_stat(jr['commit_without_s'], 'ms', 1000)}",
+            f"{jr['turn_added_ms']:+.2f} ms", f"≤ {t['journal_turn_ms_at_10000']:g} ms",
+            jr["turn_added_ms"] <= t["journal_turn_ms_at_10000"], data=jr),
+        Row("11", f"journal: restore a {jr['restore_turns']}-turn notebook", fmt_stat(jr["restore_s"], "s"), "–", "",
+            f"< {t['journal_restore_s_at_1000']:g} s", jr["restore_s"]["median"] <= t["journal_restore_s_at_1000"]),
+        Row("11", "journal: `%load_ext` of a notebook with no journal", fmt_stat(jr["load_missing_s"], "ms", 1000),
+            f"journal off: {fmt_stat(jr['load_off_s'], 'ms', 1000)}", f"{jr['load_added_ms']:+.2f} ms",
+            f"< {t['journal_load_added_ms']:g} ms",
+            jr["load_added_ms"] <= t["journal_load_added_ms"] and not jr["load_created_file"]),
+    ]
+
+
+# -- child: the journal ---------------------------------------------------------------------
+@bench_child("journal")
+def child_journal(p: dict[str, Any]) -> dict[str, Any]:
+    """Row 11: journaling per turn at N journaled turns, restore, and %load_ext without a journal."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from ollama_magic import journal as jm
+    from ollama_magic.store import ConversationStore, Turn, TurnMeta
+
+    reps = p["reps"]
+    out: dict[str, Any] = {"turns": p["turns"], "restore_turns": p["restore_turns"]}
+    with tempfile.TemporaryDirectory(prefix="ollama-magic-journal-") as tmp:
+        # Journaling per turn: 10,000 turns in the database (ten notebooks), one chat of 1,000 growing.
+        path = os.path.join(tmp, "j.db")
+        for nb in range(p["turns"] // p["restore_turns"]):
+            store = ConversationStore(model=MODEL)
+            _prefill(store, p["restore_turns"])
+            j = jm.Journal(path, f"/bench/nb{nb}.ipynb", notebook=True)
+            j.attach(store)
+            j.write()  # one transaction for the whole notebook
+            j.close()
+        store = ConversationStore(model=MODEL)
+        j = jm.Journal(path, "/bench/nb0.ipynb", notebook=True)
+        j.attach(store, restore=True)
+        assert len(store.active.turns) == p["restore_turns"]
+        with_j, without = [], []
+        for i in range(3 + 20 * reps):
+            user = {"role": "user", "content": f"Another question {i}"}
+            turn = Turn((user, {"role": "assistant", "content": "An answer " + "word " * 50}),
+                        TurnMeta(cell_id=f"j-{i}", model=MODEL, eval_count=52, prompt_eval_count=100))
+            journaled = i % 2 == 0
+            if not journaled:
+                j.detach()
+            gc.collect()
+            t0 = time.perf_counter()
+            store.commit(turn)
+            took = time.perf_counter() - t0
+            if not journaled:
+                j.attach(store)
+                j._dirty = True  # the unjournaled commit is caught up by the next one, untimed
+                j.write()
+            if i >= 3:
+                (with_j if journaled else without).append(took)
+        j.close()
+        conn = sqlite3_connect(path)
+        out["journaled_turns"] = conn.execute("SELECT count(*) FROM turns").fetchone()[0]
+        conn.close()
+        out["commit_s"], out["commit_without_s"] = summary(with_j), summary(without)
+        out["turn_added_ms"] = 1000 * (statistics.median(with_j) - statistics.median(without))
+
+        # Restore of a 1,000-turn notebook into a fresh store.
+        restore = []
+        for _ in range(reps + 1):
+            store = ConversationStore(model=MODEL)
+            gc.collect()
+            t0 = time.perf_counter()
+            j = jm.Journal(path, "/bench/nb1.ipynb", notebook=True)
+            j.attach(store, restore=True)
+            restore.append(time.perf_counter() - t0)
+            j.close()
+            assert len(store.active.turns) == p["restore_turns"]
+        out["restore_s"] = summary(restore[1:])
+
+        # %load_ext of a notebook without a journal, against the journal off.
+        shell = InteractiveShell.instance()
+        os.environ["JPY_SESSION_NAME"] = os.path.join(tmp, "new.ipynb")
+        times: dict[str, list[float]] = {"missing": [], "off": []}
+        for i in range(4 + 10 * reps):
+            kind = ("missing", "off")[i % 2]
+            os.environ["OLLAMA_MAGIC_DB"] = os.path.join(tmp, "none", "j.db") if kind == "missing" else ""
+            gc.collect()
+            t0 = time.perf_counter()
+            shell.run_line_magic("load_ext", "ollama_magic")
+            took = time.perf_counter() - t0
+            shell.run_line_magic("unload_ext", "ollama_magic")
+            if i >= 4:
+                times[kind].append(took)
+        out["load_missing_s"], out["load_off_s"] = summary(times["missing"]), summary(times["off"])
+        out["load_added_ms"] = 1000 * (statistics.median(times["missing"]) - statistics.median(times["off"]))
+        out["load_created_file"] = os.path.exists(os.path.join(tmp, "none"))
+    return out
+
+
+def sqlite3_connect(path: str) -> Any:
+    import sqlite3
+
+    return sqlite3.connect(path)
 
 
 # -- the table ---------------------------------------------------------------------------

@@ -161,7 +161,11 @@ def stale_turns(conv: Any, namespace: Mapping[str, Any], limit: int = DEFAULT_MA
     render = default_renderer(limit)
     now: dict[str, str | None] = {}
     stale: dict[int, list[str]] = {}
-    for i, turn in enumerate(list(turns)[:upto]):
+    # A store's chat knows which turns used variables: the others are not even looked at.
+    index = getattr(conv, "turns_with_variables", None)
+    positions = index(upto) if index is not None else range(len(list(turns)[:upto]))
+    for i in positions:
+        turn = turns[i]
         used = turn.meta.variables
         if not used:
             continue

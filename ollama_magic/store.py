@@ -189,7 +189,7 @@ class Conversation:
     """
 
     __slots__ = ("name", "model", "system", "options", "_turns", "_view", "_cells", "_prev", "_sent",
-                 "_ends", "_maxp", "_ctx", "_edited", "_generated")
+                 "_ends", "_maxp", "_ctx", "_edited", "_generated", "_with_vars")
 
     def __init__(self, name: str, model: str | None = None, system: str | None = None,
                  options: dict[str, Any] | None = None, turns: Iterable[Turn] = ()) -> None:
@@ -208,6 +208,7 @@ class Conversation:
         self._ctx = array("q")  # _ctx[i]: context_tokens after turns[:i+1]
         self._edited = 0  # how many turns are edited
         self._generated = 0  # eval_count summed over the turns
+        self._with_vars = array("q")  # positions of turns whose prompt used {variables}, ascending
         self._splice(0, turns)
 
     def __repr__(self) -> str:
@@ -246,6 +247,9 @@ class Conversation:
         del turns[start:]
         del self._sent[self._ends[start - 1] if start else 0:]
         del self._ends[start:], self._maxp[start:], self._ctx[start:], prev[start:]
+        with_vars = self._with_vars
+        while with_vars and with_vars[-1] >= start:
+            with_vars.pop()
         for turn in new:
             self._add(turn)
 
@@ -270,6 +274,8 @@ class Conversation:
             self._ctx.append(max(min(prompt + (meta.eval_count or 0), _BIG), -_BIG))
         self._edited += meta.edited
         self._generated += meta.eval_count or 0
+        if meta.variables:
+            self._with_vars.append(i)
 
     def _copy_turns(self, other: Conversation) -> None:
         """Take `other`'s turns with their index (copies made in C: no turn is re-added)."""
@@ -279,6 +285,7 @@ class Conversation:
         self._maxp, self._ctx = array("q", other._maxp), array("q", other._ctx)
         self._sent = list(other._sent)
         self._edited, self._generated = other._edited, other._generated
+        self._with_vars = array("q", other._with_vars)
 
     def _set(self, index: int, turn: Turn) -> Turn:
         """Replace one turn; returns the old one (what an edit does)."""
@@ -325,6 +332,11 @@ class Conversation:
                 i = self._prev[i]
             out[cid] = positions[::-1]
         return out
+
+    def turns_with_variables(self, upto: int | None = None) -> list[int]:
+        """Positions of the turns (of the first `upto`) whose prompt used `{variables}` (O(those turns))."""
+        k = slice(None, upto).indices(len(self._turns))[1]
+        return [i for i in self._with_vars if i < k] if k < len(self._turns) else list(self._with_vars)
 
     @property
     def generated_tokens(self) -> int:

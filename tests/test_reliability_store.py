@@ -84,6 +84,9 @@ def check_index(conv: Conversation) -> None:
                                         for t in reversed(conv.turns) if t.meta.prompt_eval_count is not None), 0)
     assert conv.edited == any(t.meta.edited for t in conv.turns)
     assert conv.generated_tokens == sum(t.meta.eval_count or 0 for t in conv.turns)
+    assert conv.turns_with_variables() == [i for i, t in enumerate(conv.turns) if t.meta.variables]
+    for k in range(len(conv.turns) + 1):
+        assert conv.turns_with_variables(k) == [i for i, t in enumerate(conv.turns[:k]) if t.meta.variables]
 
 
 class StoreMachine(RuleBasedStateMachine):
@@ -155,7 +158,8 @@ class StoreMachine(RuleBasedStateMachine):
         # An interrupted reply has no final chunk, so no prompt count (context_tokens looks past it).
         prompt = None if status == "interrupted" else n
         return Turn(tuple(msgs), TurnMeta(cell_id=cell, model="m1", created=float(n), status=status,  # type: ignore[arg-type]
-                                          prompt_eval_count=prompt, eval_count=2 if prompt else None))
+                                          prompt_eval_count=prompt, eval_count=2 if prompt else None,
+                                          variables={"x": f"v{n % 2}"} if n % 3 == 0 else None))
 
     def chat(self, data: st.DataObject) -> str:
         # Mostly the active chat, where the turns pile up.
