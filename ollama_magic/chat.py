@@ -265,6 +265,18 @@ def context_window(client: ollama.Client, model: str) -> int | None:
     return window
 
 
+def trained_length(client: ollama.Client, model: str) -> int | None:
+    """`model_info.<arch>.context_length`: the most Ollama lets num_ctx be for it (None if unknown)."""
+    try:
+        info = client.show(model).modelinfo or {}
+    except Exception:  # only bounds automatic sizing; never fail a turn for it
+        return None
+    for key, value in info.items():
+        if key.endswith(".context_length") and isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def installed_models(client: ollama.Client) -> list[str]:
     """Names of the models on the server, as users type them (raises like any request)."""
     return [m.model.removesuffix(":latest") for m in client.list().models if m.model]

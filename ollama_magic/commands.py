@@ -133,6 +133,7 @@ class Subcommands:
     last_error: tuple[str, str] | None
     panels: Any
     stale: Any  # context.Staleness
+    sizer: Any  # window.Sizer
     _auto_model: str | None
     client: Callable[[], ollama.Client]
     context_window: Callable[..., int | None]
@@ -236,7 +237,10 @@ class Subcommands:
                     new[key] = value
             self.store.set_options(new)
         merged = {**self.options, **conv.options}
-        print(f"Options for chat {conv.name!r}: {json.dumps(merged) if merged else '(server defaults)'}")
+        shown = json.dumps(merged) if merged else "(server defaults)"
+        if "num_ctx" not in merged and (auto := self.sizer.describe(conv.name)):
+            shown += f"; {auto}"  # grown by auto_num_ctx: not an option of yours
+        print(f"Options for chat {conv.name!r}: {shown}")
 
     @subcommand("chats", "list chats (active, name, model, turns, tokens)")
     def _sub_chats(self, args: argparse.Namespace) -> None:
@@ -342,11 +346,13 @@ class Subcommands:
             return
         self._turn(turn_args, "")
 
-    @subcommand("fork", "copy the active chat (or its first N turns) into a new chat")
+    @subcommand("fork", "copy the active chat (or turns of it: --at N keeps the first N, --from N starts at turn N) into a new chat")
     @argument("new", metavar="NEW", help="name of the new chat")
     @argument("--at", type=_count, metavar="N", help="copy only the first N turns")
+    @argument("--from", dest="start", type=_count, metavar="N", help="leave out the turns before turn N (a shorter context)")
     def _sub_fork(self, args: argparse.Namespace) -> None:
-        conv = self.store.fork(args.new, at=args.at)
+        start = 0 if args.start is None else max(args.start - 1, 0)
+        conv = self.store.fork(args.new, at=args.at, start=start)
         print(f"Forked into chat {conv.name!r} with {len(conv.turns)} turns (now active).")
 
     @subcommand("last", "the last reply as a string (x = %ollama last)")
@@ -361,7 +367,8 @@ class Subcommands:
             f"host            {redact_host(host)} ({source})",
             f"model           {conv.model or self.model or self._auto_model or '(none chosen)'}",
             f"chat            {conv.name} ({len(conv.turns)} turns, {len(self.store)} chats)",
-            f"options         {json.dumps({**self.options, **conv.options}) or '{}'}",
+            f"options         {json.dumps({**self.options, **conv.options}) or '{}'}"
+            + (f"; {self.sizer.describe(conv.name)}" if self.sizer.describe(conv.name) else ""),
             f"system prompt   {'set' if conv.system else 'none'}",
             f"rerun           {self.rerun}",
             f"timeout         {self.timeout:g} s",

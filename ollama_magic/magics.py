@@ -26,7 +26,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Dict, Enum, Float, Int, Unicode, default, observe
 
-from . import chat, context
+from . import chat, context, window
 from .commands import Subcommands
 from .errors import Interrupted, OllamaMagicError, did_you_mean, host_secrets, is_http_status, redact_host, scrub, translate
 from .interpolate import default_renderer, interpolate_refs
@@ -109,6 +109,8 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
     rich = Enum(["auto", "on", "off"], "auto", help="Rich (notebook) output or plain text; auto asks the frontend.").tag(config=True)
     undo_depth = Int(100, help="Undo steps kept per chat.").tag(config=True)
     warn_context = Bool(True, help="Warn when a prompt nears or passes the context window.").tag(config=True)
+    auto_num_ctx = Bool(True, help="Raise a chat's num_ctx (in powers of two) before a prompt would pass 90% of the window; never overrides your own num_ctx.").tag(config=True)
+    max_num_ctx = Int(32768, help="The largest num_ctx auto_num_ctx sends (the model's trained length bounds it too).").tag(config=True)
     max_var_chars = Int(8000, help="Most characters one {name}, --cells cell or --file puts into a prompt (the rest is cut, with a note).").tag(config=True)
     db = Unicode(help="SQLite journal that keeps every chat across kernels; '' turns it off. Default: $OLLAMA_MAGIC_DB, else ollama_magic.db in the IPython profile directory.").tag(config=True)
     restore = Enum(["auto", "off"], "auto", help="On %load_ext, bring back this notebook's journaled chats (auto) or start empty (off).").tag(config=True)
@@ -138,6 +140,8 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
         self._auto_model: str | None = None
         self._windows: dict[tuple[str, str], tuple[float, int | None]] = {}
         self.panels: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._trained: dict[tuple[str, str], int | None] = {}
+        self.sizer = window.Sizer(lambda model: self.context_window(model), self.trained_length)
         self.stale = context.Staleness(lambda: self.shell.user_ns if self.shell is not None else {},
                                        lambda: self.max_var_chars)
         self._open_journal(restore=self.restore == "auto")
@@ -314,6 +318,10 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
         base = 0 if args.new or target.create else store.base_for(cell_id, chat=target.name, rerun=self._rerun)
         system = conv.system if args.system is None else (args.system or None)
         messages = conv.history(base, system=system)
+        sizing = self.sizer.before(conv, base, messages, user, model, options.get("num_ctx"), enabled=self.auto_num_ctx,
+                                   max_num_ctx=self.max_num_ctx, default=self.default_num_ctx)
+        if sizing.num_ctx:
+            options["num_ctx"] = sizing.num_ctx
         request = chat.ChatRequest(model, messages + [user], options or None, fmt,
                                    args.think, tools, stream=not args.no_stream)
         client = self.client()
@@ -347,6 +355,7 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
         reply_msg = reply.message(with_tool_calls=False)
         notes: list[str] = []
         ignored = reply.tool_calls if (reply.tool_calls and not tools) else None
+        notes += sizing.notes if self.warn_context or sizing.raised else []
         notes += self.stale.notes(conv, base)
         if not args.once:
             meta = self._meta(reply.stats, cell_id, model, "ok", options, variables)
@@ -357,7 +366,9 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
             prior = conv.max_prompt if grew else 0
             done = self._commit(turn, args, target)
             notes += [target.note] if target.note else []
-            notes += self._context_notes(meta.prompt_eval_count, prior, client, model, options)
+            if self.warn_context:
+                notes += self.sizer.after(sizing, meta.prompt_eval_count, prior, model,
+                                          enabled=self.auto_num_ctx, default=self.default_num_ctx)
             if done.dropped:
                 notes.append(f"rewound {done.dropped} later turn{'s' if done.dropped != 1 else ''} (undo with %ollama undo)")
         else:
@@ -421,21 +432,6 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
             variables=variables or None,
         )
 
-    def _context_notes(self, prompt: int | None, prior: int, client: Client,
-                       model: str, options: Mapping[str, Any]) -> list[str]:
-        """Ollama drops the oldest messages silently past num_ctx; say so."""
-        if not self.warn_context or not prompt:
-            return []
-        explicit = options.get("num_ctx")
-        window = explicit if isinstance(explicit, int) and explicit > 0 else None
-        window = window or self.context_window(model, client) or self.default_num_ctx
-        fix = f"raise it with %ollama options num_ctx={max(2 * int(window), 8192)}, or %ollama reset"
-        if prompt >= 0.9 * window:
-            return [f"⚠ context {prompt}/{window} tokens: Ollama drops the oldest messages past this; {fix}"]
-        if prompt < prior:
-            return [f"⚠ prompt shrank to {prompt} tokens from {prior}: Ollama is dropping old messages; {fix}"]
-        return []
-
     @property
     def _rerun(self) -> Rerun:
         return "append" if self.rerun == "append" else "rewind"
@@ -447,8 +443,16 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
         if hit is not None and time.monotonic() - hit[0] < _WINDOW_TTL:
             return hit[1]
         window = chat.context_window(client or self.client(), model)
-        self._windows[key] = (time.monotonic(), window)
+        # An unloaded model has no window yet: ask again soon rather than in a minute.
+        self._windows[key] = (time.monotonic() - (0 if window else _WINDOW_TTL - 5), window)
         return window
+
+    def trained_length(self, model: str) -> int | None:
+        """The model's trained context length (`model_info.*.context_length`), asked once."""
+        key = (self._host()[0], model)
+        if key not in self._trained:
+            self._trained[key] = chat.trained_length(self.client(), model)
+        return self._trained[key]
 
     def _with_context(self, args: Any, question: str) -> str:
         """--cells and --file blocks, then the question."""

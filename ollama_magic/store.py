@@ -356,14 +356,14 @@ class Conversation:
     def max_prompt(self) -> int:
         return self._maxp[-1] if self._maxp else 0
 
-    def copy(self, name: str | None = None, upto: int | None = None) -> Conversation:
-        """A deep, independent copy (what a fork is)."""
+    def copy(self, name: str | None = None, upto: int | None = None, start: int = 0) -> Conversation:
+        """A deep, independent copy of turns[start:upto] (what a fork is)."""
         return Conversation(
             name=name or self.name,
             model=self.model,
             system=self.system,
             options=copy.deepcopy(self.options),
-            turns=copy.deepcopy(self._turns[:upto]),
+            turns=copy.deepcopy(self._turns[start:upto]),
         )
 
 
@@ -567,15 +567,17 @@ class ConversationStore:
             self._active = next(iter(self._chats))
             self._emit("switched", self._active)
 
-    def fork(self, new: str, *, at: int | None = None, chat: str | None = None) -> Conversation:
-        """Copy a chat (or its first `at` turns) into a new, active chat."""
+    def fork(self, new: str, *, at: int | None = None, chat: str | None = None, start: int = 0) -> Conversation:
+        """Copy a chat (its first `at` turns, from turn `start` on) into a new, active chat."""
         src = self.get(chat)
         new = _check_name(new)
         if new in self._chats:
             raise StoreError(f"a chat named {new!r} exists already; pick another name")
         if at is not None and not 0 <= at <= len(src.turns):
             raise StoreError(f"--at must be between 0 and {len(src.turns)} (the turns of {src.name!r})")
-        conv = src.copy(new, at)
+        if not 0 <= start <= (len(src.turns) if at is None else at):
+            raise StoreError(f"--from must be between 1 and {len(src.turns)} (the turns of {src.name!r})")
+        conv = src.copy(new, at, start)
         self._chats[new] = conv
         self._emit("chat_created", new)
         self.switch(new)

@@ -342,6 +342,8 @@ def test_models_lists_the_server(shell, ollama_server, capsys):
 
 # -- context overflow ------------------------------------------------------------------
 def test_overflow_warning_by_the_time_the_server_drops_messages(nb_shell, ollama_server):
+    """With automatic sizing off (it is on by default: tests/test_window.py), today's warning."""
+    magics_of(nb_shell).auto_num_ctx = False
     ollama_server.num_ctx = 256
     warned_at = dropped_at = None
     for i in range(30):

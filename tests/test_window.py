@@ -1,0 +1,168 @@
+"""Automatic window sizing against the test server's small windows (it truncates like Ollama)."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import pytest
+
+from conftest import magics_of, run
+from ollama_magic import window
+
+
+def words(n: int, tag: str) -> str:
+    return " ".join(["word"] * n) + f" {tag}"
+
+
+def chat_num_ctx(server: Any) -> list[int | None]:
+    return [(body.get("options") or {}).get("num_ctx") for body in server.chat_requests()]
+
+
+def seen_all(shell: Any, server: Any) -> bool:
+    """The model read every message sent (its reply says how many it saw)."""
+    body = server.last_chat()
+    reply = magics_of(shell).store.active.turns[-1].reply["content"]
+    return int(reply.split()[2]) == len(body["messages"])
+
+
+def footer(shell: Any) -> str:
+    """The last reply's footer line, as text."""
+    return html.unescape(shell.display_pub.last_markdown.rsplit("\n", 1)[-1])
+
+
+def grow(shell: Any, server: Any, turns: int, size: int = 40) -> list[str]:
+    """Run `turns` cells of `size` words; the footer text of each."""
+    footers = []
+    for i in range(turns):
+        assert run(shell, "%%ollama\n" + words(size, f"turn {i}")).success
+        footers.append(footer(shell))
+    return footers
+
+
+def test_window_grows_in_powers_of_two_and_nothing_is_dropped(nb_shell, ollama_server):
+    ollama_server.num_ctx = 256  # the model's own window (a Modelfile PARAMETER num_ctx)
+    footers = grow(nb_shell, ollama_server, 14)
+    sent = chat_num_ctx(ollama_server)
+    assert sent[0] is None  # far from full: the request is as before
+    values = [v for v in sent if v is not None]
+    assert values and all(v & (v - 1) == 0 for v in values)  # powers of two
+    assert values == sorted(values) and values[0] > 256 and len(set(values)) >= 2  # grew, never shrank
+    assert sent[sent.index(values[0]):] == values  # once raised, every request carries it
+    assert seen_all(nb_shell, ollama_server)
+    raised = [f for f in footers if "window raised" in f]
+    assert len(raised) == len(set(values))  # said once per change
+    assert f"window raised to {values[-1]:,} tokens; the model reloads once" in raised[-1]
+    assert not any("⚠" in f for f in footers)
+    nb_shell.run_line_magic("ollama", "options")  # shown as automatic, not as the user's
+    assert magics_of(nb_shell).store.active.options == {}
+
+
+def test_capped_by_max_num_ctx_then_the_warning_names_the_ways_out(nb_shell, ollama_server):
+    ollama_server.num_ctx = 256
+    magics_of(nb_shell).max_num_ctx = 512
+    footers = grow(nb_shell, ollama_server, 12)
+    values = [v for v in chat_num_ctx(ollama_server) if v is not None]
+    assert max(values) == 512 and set(values) == {512}
+    warned = [f for f in footers if "cannot grow" in f]
+    assert warned and "OllamaMagics.max_num_ctx is 512" in warned[0]
+    assert "%ollama reset" in warned[0] and "%ollama history" in warned[0] and "%ollama fork NEW --from N" in warned[0]
+
+
+def test_capped_by_the_trained_length(nb_shell, ollama_server):
+    ollama_server.num_ctx = 256
+    ollama_server.models["llama3.2"]["context_length"] = 1024  # trained on 1,024 tokens
+    footers = grow(nb_shell, ollama_server, 24)
+    values = [v for v in chat_num_ctx(ollama_server) if v is not None]
+    assert max(values) == 1024 and 512 in values
+    assert any("the model's trained length is 1,024" in f for f in footers)
+
+
+def test_explicit_num_ctx_is_never_overridden(nb_shell, ollama_server):
+    ollama_server.num_ctx = 4096
+    nb_shell.run_line_magic("ollama", "options num_ctx=256")
+    footers = grow(nb_shell, ollama_server, 8)
+    assert set(chat_num_ctx(ollama_server)) == {256}
+    assert not any("window raised" in f for f in footers)
+    assert any("raise it with %ollama options num_ctx=" in f for f in footers)
+    run(nb_shell, "%%ollama -o num_ctx=128\n" + words(40, "once more"))
+    assert chat_num_ctx(ollama_server)[-1] == 128
+
+
+def test_automatic_value_is_not_inherited_and_not_the_users(nb_shell, ollama_server, capsys):
+    ollama_server.num_ctx = 256
+    grow(nb_shell, ollama_server, 8)
+    grown = chat_num_ctx(ollama_server)[-1]
+    assert grown and grown > 256
+    capsys.readouterr()
+    nb_shell.run_line_magic("ollama", "options")
+    assert f"num_ctx={grown} (auto)" in capsys.readouterr().out
+    run(nb_shell, "%%ollama -c other\nhello")
+    assert chat_num_ctx(ollama_server)[-1] is None  # a new chat starts without it
+    nb_shell.run_line_magic("ollama", "chat default")
+    run(nb_shell, "%%ollama\n" + words(10, "back"))
+    assert chat_num_ctx(ollama_server)[-1] == grown  # the first chat keeps it
+
+
+def test_off_is_todays_behaviour_and_a_cut_under_90_percent_is_noticed(nb_shell, ollama_server):
+    magics_of(nb_shell).auto_num_ctx = False
+    ollama_server.num_ctx = 256
+    run(nb_shell, "%%ollama\n" + words(100, "first"))
+    assert "⚠" not in footer(nb_shell)
+    # The second prompt (both questions and the echoed answer) is over 256 tokens: Ollama
+    # drops the first exchange and reads ~100 tokens, well under 90% of the window.
+    run(nb_shell, "%%ollama\n" + words(100, "second"))
+    assert set(chat_num_ctx(ollama_server)) == {None}
+    body = ollama_server.last_chat()
+    assert not seen_all(nb_shell, ollama_server) and len(body["messages"]) == 3
+    pec = magics_of(nb_shell).store.active.turns[-1].meta.prompt_eval_count
+    assert pec < 0.9 * 256
+    text = footer(nb_shell)
+    assert "⚠ old messages were dropped" in text and "256-token window" in text
+    assert "%ollama options num_ctx=8192" in text
+
+
+def test_auto_grows_before_the_same_cut(nb_shell, ollama_server):
+    ollama_server.num_ctx = 256
+    run(nb_shell, "%%ollama\n" + words(100, "first"))
+    run(nb_shell, "%%ollama\n" + words(100, "second"))
+    assert chat_num_ctx(ollama_server)[-1] == 512
+    assert seen_all(nb_shell, ollama_server)
+    assert "window raised to 512 tokens" in footer(nb_shell)
+
+
+# -- the planning rules alone ---------------------------------------------------------
+@pytest.mark.parametrize("prompt,window,auto,trained,cap,expected", [
+    (100, 4096, None, None, 32768, None),      # far from full: nothing sent
+    (3700, 4096, None, None, 32768, 8192),     # past 90%: the next power of two with headroom
+    (7000, 4096, None, None, 32768, 16384),    # a big jump goes straight to what fits
+    (3700, 4096, 8192, None, 32768, 8192),     # an automatic value is kept, never lowered
+    (3700, 4096, None, 6000, 32768, 6000),     # not above the trained length
+    (30000, 4096, None, None, 16384, 16384),   # nor above max_num_ctx
+    (30000, 16384, 16384, None, 16384, 16384),  # cannot grow: stays
+])
+def test_plan(prompt, window, auto, trained, cap, expected):
+    out = window_plan = window_mod_plan(prompt, window, auto, trained, cap)
+    assert out.num_ctx == expected
+    assert window_plan.window == (expected or window)
+
+
+def window_mod_plan(prompt: int, win: int, auto: int | None, trained: int | None, cap: int) -> window.Plan:
+    return window.plan(prompt=prompt, window=win, explicit=None, auto=auto, trained=trained, max_num_ctx=cap)
+
+
+def test_estimate_counts_images_at_768_tokens():
+    with_image = window.estimate([{"role": "user", "content": "look", "images": ["x", "y"]}])
+    assert with_image == pytest.approx(1 + window.MESSAGE_TOKENS + 2 * 768)
+
+
+def test_fork_from_a_later_turn_is_a_way_out(shell, ollama_server, capsys):
+    for q in ("one", "two", "three"):
+        run(shell, f"%%ollama\n{q}")
+    shell.run_line_magic("ollama", "fork short --from 3")
+    assert "Forked into chat 'short' with 1 turns" in capsys.readouterr().out
+    run(shell, "%%ollama\nfour")
+    users = [m["content"] for m in ollama_server.last_chat()["messages"] if m["role"] == "user"]
+    assert users == ["three", "four"]
+    res = run(shell, "%ollama fork other --from 9")
+    assert "--from must be between" in str(res.error_in_exec)
