@@ -346,7 +346,7 @@ class Subcommands:
             return
         self._turn(turn_args, "")
 
-    @subcommand("fork", "copy the active chat (or turns of it: --at N keeps the first N, --from N starts at turn N) into a new chat")
+    @subcommand("fork", "copy the active chat (or its first N turns, or from turn N on) into a new chat")
     @argument("new", metavar="NEW", help="name of the new chat")
     @argument("--at", type=_count, metavar="N", help="copy only the first N turns")
     @argument("--from", dest="start", type=_count, metavar="N", help="leave out the turns before turn N (a shorter context)")

@@ -62,7 +62,7 @@ def test_9_help_lists_the_registry_and_one_subcommand(shell, capsys):
         assert spec.usage in out and spec.summary in out, name
     run(shell, "%ollama help fork")
     out = capsys.readouterr().out
-    assert "%ollama fork [--at N] NEW" in out and "--at" in out
+    assert "%ollama fork [--at N] [--from N] NEW" in out and "--at" in out and "--from" in out
     assert "did you mean 'reset'" in one_line_usage_error(run(shell, "%ollama help rest"))
     assert "did you mean 'reset'" in one_line_usage_error(run(shell, "%ollama rest"))
     assert "did you mean '--clear'" in one_line_usage_error(run(shell, "%ollama options --cleer"))
