@@ -96,3 +96,20 @@ def test_text_visibly_grows_and_streams_plain(measured, n):
     # The first frame carries the first token: a frame goes out as soon as text arrives.
     assert seen[0] < 100, seen[:3]
     assert set(msgs[-1]["content"]["data"]) == {"text/html", "text/plain"}
+
+
+def test_tool_events_go_through_the_same_throttle(nb_shell):
+    """A burst of tool calls does not send one display message each (issue #14 point 10, display part)."""
+    from ollama_magic.chat import Reply
+    from ollama_magic.render import NotebookView
+
+    view = NotebookView("m", rate=15.0)
+    view.begin(Reply(parts=["start"]))
+    view.update(view.reply)
+    for i in range(200):
+        view.tool("echo", {"text": str(i)}, "x" * 50, True)
+    assert view.updates <= 3, view.updates  # the placeholder is not counted; one frame, maybe two
+    assert len(view.tools) == 200
+    view.finish("m · 1 tokens")
+    final = nb_shell.display_pub.messages[-1]["data"]
+    assert "200 tool calls" in final["text/html"]
