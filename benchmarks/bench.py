@@ -1118,7 +1118,11 @@ def child_scale(p: dict[str, Any]) -> dict[str, Any]:
     shell, rec = _shell_with_recorder()
     shell.run_line_magic("load_ext", "ollama_magic")
     shell.run_line_magic("ollama", f"model {MODEL}")
-    store = shell.magics_manager.registry["OllamaMagics"].store
+    magics = shell.magics_manager.registry["OllamaMagics"]
+    # The raw loop sends the identical request, so no automatic num_ctx here (with it,
+    # the test server would also cut a 200,000-message prompt, which is not our CPU).
+    magics.auto_num_ctx = False
+    store = magics.store
     client = ollama.Client(host=p["host"])
     cell = f"%%ollama\n{QUESTION}"
     acc = _instrument_client()

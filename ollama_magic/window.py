@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["IMAGE_TOKENS", "Plan", "Sizer", "after_notes", "calibration", "estimate", "plan", "ways_out"]
+__all__ = ["IMAGE_TOKENS", "Plan", "Sizer", "after_notes", "calibration", "estimate", "estimate_tail", "plan", "ways_out"]
 
 CHARS_PER_TOKEN = 4.0  # a usual rate for English text with BPE tokenizers
 MESSAGE_TOKENS = 4  # role and template tokens around each message
@@ -32,15 +32,31 @@ FILL = 0.75  # a grown window holds the prompt at most this full: room for the r
 FAR = 0.25  # a prompt under this share of the smallest plausible window needs no lookup at all
 
 
+def _cost(msg: Mapping[str, Any]) -> float:
+    chars = len(str(msg.get("content") or ""))
+    if msg.get("tool_calls"):
+        chars += len(json.dumps(msg["tool_calls"], default=str))
+    return chars / CHARS_PER_TOKEN + MESSAGE_TOKENS + IMAGE_TOKENS * len(msg.get("images") or ())
+
+
 def estimate(messages: Iterable[Mapping[str, Any]]) -> float:
     """Tokens these messages cost, by length (the server's tokenizer is not at hand)."""
+    return sum(map(_cost, messages))
+
+
+def estimate_tail(messages: Sequence[Mapping[str, Any]], enough: float) -> tuple[float, bool]:
+    """`estimate(messages)`, counted from the newest and stopped once past `enough`.
+
+    Returns the estimate and whether it is complete. Nothing beyond `enough`
+    changes a decision (no window is larger), so a 100,000-turn chat costs as
+    much as the few hundred messages that fill the largest window.
+    """
     total = 0.0
-    for msg in messages:
-        chars = len(str(msg.get("content") or ""))
-        if msg.get("tool_calls"):
-            chars += len(json.dumps(msg["tool_calls"], default=str))
-        total += chars / CHARS_PER_TOKEN + MESSAGE_TOKENS + IMAGE_TOKENS * len(msg.get("images") or ())
-    return total
+    for i in range(len(messages) - 1, -1, -1):
+        total += _cost(messages[i])
+        if total > enough:
+            return total, i == 0
+    return total, True
 
 
 def calibration(known_tokens: int | None, estimated: float) -> float | None:
@@ -190,14 +206,17 @@ class Sizer:
             return Plan(0, prompt=int(known + new), sent=known + new, calibrated=True, can_grow=enabled)
         # What the server runs with no num_ctx sent: asked only when it matters.
         window = user_ctx or auto or self._window(model, default)
+        trained = self._trained_of(model) if (user_ctx or enabled) else None
         if known and known + new < FAR * window:
             sent, rate = known + new, 1.0
         else:
-            history = estimate(messages)
-            rate = calibration(known, history) or 1.0
+            # Past twice the largest window we could ask for, the exact size does not matter.
+            largest = min((c for c in (trained, max_num_ctx) if c), default=window)
+            enough = 2 * max(window, largest)
+            history, complete = estimate_tail(messages, enough)
+            rate = (calibration(known, history) if complete else None) or 1.0
             sent = (history + new) * rate
         prompt = max(known + new * rate, sent)
-        trained = self._trained_of(model) if (user_ctx or enabled) else None
         out = plan(prompt=prompt, window=window, explicit=user_ctx, auto=auto, trained=trained,
                    max_num_ctx=max_num_ctx, enabled=enabled)
         out.sent, out.calibrated = sent, bool(known)

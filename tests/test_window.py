@@ -166,3 +166,17 @@ def test_fork_from_a_later_turn_is_a_way_out(shell, ollama_server, capsys):
     assert users == ["three", "four"]
     res = run(shell, "%ollama fork other --from 9")
     assert "--from must be between" in str(res.error_in_exec)
+
+
+def test_estimate_of_a_huge_history_stops_once_past_any_window():
+    class Counted(list):
+        reads = 0
+
+        def __getitem__(self, i):
+            Counted.reads += 1
+            return super().__getitem__(i)
+
+    msgs = Counted({"role": "user", "content": "x" * 400} for _ in range(200_000))  # ~104 tokens each
+    total, complete = window.estimate_tail(msgs, 65_536)
+    assert total > 65_536 and not complete and Counted.reads < 700
+    assert window.estimate_tail(msgs[:10], 65_536) == (pytest.approx(window.estimate(msgs[:10])), True)
