@@ -27,6 +27,7 @@ Rows (see each function's docstring for what exactly is timed):
 8. memory         tracemalloc and RSS per 1,000 turns, with and without undo
 9. files          `%ollama save` / `load` at 10k turns vs plain `json.dumps` / `json.loads`
 10. panel         `HistoryPanel` over 1,000 turns, commit with a panel open
+12. context       `{df}` of a 100,000-row DataFrame into a prompt, vs `str(df)`
 11. journal       commit with the SQLite journal at 10k journaled turns, restore, `%load_ext`
 peer column       rows 1-3 for jupyter-ai (`--peer-python`)
 
@@ -1426,6 +1427,54 @@ def sqlite3_connect(path: str) -> Any:
 
 
 # -- the table ---------------------------------------------------------------------------
+# -- 12. {df} in a prompt (the context helper's row) ----------------------------------------
+INTERPOLATE_ROWS = 100_000
+INTERPOLATE_TARGET_MS = 50.0
+
+
+@bench_row("context", order=12)
+def rows_context(ctx: Ctx) -> list[Row]:
+    """`interpolate("{df}", ns)` of a 100,000-row, 4-column pandas DataFrame (shape, dtypes and
+    the first and last rows as a Markdown table, bounded), against `str(df)`, pandas' own
+    printout of the same frame (what `{df}` used to send), alternating, in a fresh process."""
+    data = ctx.child("context", {"reps": max(5, ctx.reps), "rows": INTERPOLATE_ROWS})
+    ctx.res["context"] = data
+    ms = data["interpolate_s"]["median"] * 1000
+    return [Row("12", f"context: `{{df}}` of a {data['rows']:,}-row DataFrame into a prompt",
+                fmt_stat(data["interpolate_s"], "ms", 1000), f"`str(df)`: {fmt_stat(data['str_s'], 'ms', 1000)}",
+                f"{data['chars']:,} characters sent", f"< {INTERPOLATE_TARGET_MS:g} ms",
+                ms < INTERPOLATE_TARGET_MS, data=data)]
+
+
+@bench_child("context")
+def child_context(p: dict[str, Any]) -> dict[str, Any]:
+    """Row 12: the interpolation of one big DataFrame, and pandas' str() of it."""
+    import numpy as np
+    import pandas as pd
+
+    from ollama_magic.interpolate import interpolate
+
+    n = p["rows"]
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"city": [f"city {i % 997}" for i in range(n)], "temp": rng.normal(15, 8, n),
+                       "sold": rng.integers(0, 1000, n), "day": pd.date_range("2024-01-01", periods=n, freq="min")})
+    ns = {"df": df}
+    text = interpolate("{df}", ns)
+    str(df)  # warm-up of both
+    ours, floor = [], []
+    for i in range(p["reps"]):
+        for kind in (("ours", "floor") if i % 2 == 0 else ("floor", "ours")):
+            gc.collect()
+            t0 = time.perf_counter()
+            if kind == "ours":
+                interpolate("{df}", ns)
+                ours.append(time.perf_counter() - t0)
+            else:
+                str(df)
+                floor.append(time.perf_counter() - t0)
+    return {"rows": n, "chars": len(text), "interpolate_s": summary(ours), "str_s": summary(floor)}
+
+
 def _met(ok: bool | None) -> str:
     return "–" if ok is None else ("yes" if ok else "**no**")
 

@@ -54,7 +54,7 @@ def test_bench_quick_writes_every_row(tmp_path: Path) -> None:
     # every row says met / not met / no target, and every section has a verdict against its target
     for r in rows:
         assert r["met"] in (True, False, None), r
-    for section in ("load", "turn", "kernel", "scale", "memory", "files", "panel", "journal"):
+    for section in ("load", "turn", "kernel", "scale", "memory", "files", "panel", "journal", "context"):
         assert any(r["met"] is not None and r["target"] for r in by[section]), section
 
     load = by["load"][0]["data"]
@@ -93,6 +93,10 @@ def test_bench_quick_writes_every_row(tmp_path: Path) -> None:
         _stat(journal[key])
     assert journal["journaled_turns"] >= 10_000 and journal["load_created_file"] is False
 
+    context = by["context"][0]["data"]  # 12: {df} of a 100,000-row DataFrame
+    _stat(context["interpolate_s"]), _stat(context["str_s"])
+    assert context["rows"] == 100_000 and 0 < context["chars"] <= 8_300
+
     panel = by["panel"][0]
     assert panel["ours"] != "not available", panel
 
@@ -103,7 +107,7 @@ def test_bench_quick_writes_every_row(tmp_path: Path) -> None:
 
     table = (tmp_path / "results.md").read_text()
     assert table.startswith("| # | measure | ollama_magic | floor (same run) |")
-    for row_no in ("| 1 |", "| 2 |", "| 3 |", "| 4 |", "| 5 |", "| 7 |", "| 8 |", "| 9 |", "| 10 |", "| 11 |"):
+    for row_no in ("| 1 |", "| 2 |", "| 3 |", "| 4 |", "| 5 |", "| 7 |", "| 8 |", "| 9 |", "| 10 |", "| 11 |", "| 12 |"):
         assert row_no in table, row_no
     assert "Machine:" in table and res["machine"]["cpu"] in table
     assert table.strip().splitlines()[0] in proc.stdout  # printed as well as saved
