@@ -143,7 +143,7 @@ PNG = base64.b64decode(
 
 def test_image_from_bytes_variable(shell, ollama_server):
     shell.user_ns["png"] = PNG
-    run(shell, "%%ollama --image png\nwhat is it")
+    run(shell, "%%ollama -m gemma3 --image png\nwhat is it")  # a vision model
     img = ollama_server.last_chat()["messages"][-1]["images"][0]
     assert base64.b64decode(img) == PNG
     assert "I see 1 image" in magics_of(shell).store.active.turns[-1].reply["content"]

@@ -92,8 +92,8 @@ def test_wire_format(ollama_server: OllamaTestServer) -> None:
 
 
 def test_non_stream(client: ollama.Client, ollama_server: OllamaTestServer) -> None:
-    r = client.chat("qwen3", USER)
-    assert r.message.role == "assistant"
+    r = client.chat("qwen3", USER, think=False)  # qwen3 would think otherwise
+    assert r.message.role == "assistant" and r.message.thinking is None
     assert r.message.content == "I saw 1 messages. You said: hello there"
     assert r.done and r.done_reason == "stop" and r.eval_count == 8 and r.prompt_eval_count == 3
     assert ollama_server.last_chat()["stream"] is False
@@ -243,7 +243,7 @@ def test_unknown_model(client: ollama.Client) -> None:
         with pytest.raises(ollama.ResponseError) as e:
             collect(client.chat("nope", USER, stream=True)) if stream else client.chat("nope", USER)
         assert e.value.status_code == 404
-        assert e.value.error == 'model "nope" not found, try pulling it first'
+        assert e.value.error == "model 'nope' not found"  # routes.go ChatHandler
     with pytest.raises(ollama.ResponseError) as e:
         client.show("nope")
     assert e.value.status_code == 404
@@ -312,10 +312,21 @@ def test_bad_requests(ollama_server: OllamaTestServer) -> None:
         assert http.get("/api/chat").status_code == 404
 
 
-def test_images_are_counted(client: ollama.Client) -> None:
+def test_images_are_counted(client: ollama.Client, ollama_server: OllamaTestServer) -> None:
     image = base64.b64encode(b"\x89PNG fake").decode()
-    r = client.chat("llama3.2", [{"role": "user", "content": "see", "images": [image, image]}])
+    r = client.chat("gemma3", [{"role": "user", "content": "see", "images": [image, image]}])
     assert r.message.content == "I saw 1 messages. You said: see I see 2 image(s)."
+    # prompt.go chatPrompt: 768 tokens an image, for a model with a projector only.
+    assert r.prompt_eval_count == 2 + 2 * 768
+    r = client.chat("llama3.2", [{"role": "user", "content": "see", "images": [image]}])
+    assert r.message.content == "I saw 1 messages. You said: see" and r.prompt_eval_count == 2
+    # gemma3's window is at least 2048 (sched.go getRunner): three images and a question
+    # do not fit, so the older message with images is dropped.
+    history = [{"role": "user", "content": "a", "images": [image] * 2}, {"role": "assistant", "content": "b"},
+               {"role": "user", "content": "c", "images": [image]}]
+    ollama_server.context_length = 100
+    r = client.chat("gemma3", history)
+    assert r.message.content == "I saw 2 messages. You said: c I see 1 image(s)." and r.prompt_eval_count == 2 + 2 + 768
 
 
 def test_num_ctx_truncates_oldest(client: ollama.Client, ollama_server: OllamaTestServer) -> None:
@@ -350,8 +361,8 @@ def test_token_and_first_token_delay(client: ollama.Client, ollama_server: Ollam
         with http.stream("POST", "/api/chat", json={"model": "llama3.2", "messages": USER}) as r:
             headers_at = time.monotonic() - start
             first = next(r.iter_lines())
-            first_at = time.monotonic() - start
-    assert headers_at < 0.2 <= first_at < 2
+    # routes.go streamResponse (gin's c.Stream): the headers go out with the first chunk.
+    assert 0.3 <= headers_at < 3
     assert json.loads(first)["message"]["content"] == "I "
 
 
@@ -451,8 +462,9 @@ def test_start_stop_and_context_manager() -> None:
 
 def test_tags(client: ollama.Client, ollama_server: OllamaTestServer) -> None:
     models = client.list().models
-    assert [m.model for m in models] == ["llama3.2:latest", "qwen3:latest"]
+    assert [m.model for m in models] == ["llama3.2:latest", "qwen3:latest", "gemma3:latest", "tinyllama:latest"]
     assert all(m.size and m.digest and m.details and m.details.family for m in models)
+    assert [m.details.families for m in models if m.details] == [["llama"], ["qwen3"], ["gemma3"], ["llama"]]
     ollama_server.models = {"custom:7b": {"size": 123}}
     assert [(m.model, m.size) for m in client.list().models] == [("custom:7b", 123)]
     with pytest.raises(ollama.ResponseError):
@@ -514,3 +526,190 @@ def test_command_line() -> None:
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+# -- real Ollama's rules (each cites its source in ollama/ollama) -------------
+
+
+def test_capabilities_per_model(client: ollama.Client) -> None:
+    caps = {name: set(client.show(name).capabilities or []) for name in ("llama3.2", "qwen3", "gemma3", "tinyllama")}
+    assert caps == {
+        "llama3.2": {"completion", "tools"},
+        "qwen3": {"completion", "tools", "thinking"},
+        "gemma3": {"completion", "vision"},
+        "tinyllama": {"completion"},
+    }
+    tiny = client.show("tinyllama")
+    assert tiny.modelinfo and tiny.modelinfo["llama.context_length"] == 2048
+    # Library models carry no num_ctx in their parameters.
+    assert all("num_ctx" not in (client.show(n).parameters or "") for n in caps)
+
+
+def test_a_thinking_model_thinks_unless_told_not_to(client: ollama.Client) -> None:
+    # routes.go ChatHandler: `if req.Think == nil { req.Think = true }` for a thinking model.
+    assert client.chat("qwen3", USER).message.thinking == "Thinking about: hello there"
+    assert client.chat("qwen3", USER, think=False).message.thinking is None
+    assert client.chat("qwen3", USER, think="low").message.thinking
+    # think:false to a model without the capability is fine; true is a 400.
+    assert client.chat("llama3.2", USER, think=False).message.thinking is None
+    for stream in (False, True):
+        with pytest.raises(ollama.ResponseError) as e:
+            collect(client.chat("llama3.2", USER, think=True, stream=stream))
+        assert e.value.status_code == 400 and e.value.error == '"llama3.2" does not support thinking'
+
+
+def test_tools_to_a_model_without_them_is_a_400(client: ollama.Client) -> None:
+    # routes.go scheduleRunner -> images.go CheckCapabilities, with the full model name.
+    with pytest.raises(ollama.ResponseError) as e:
+        client.chat("gemma3", USER, tools=[add])
+    assert e.value.status_code == 400
+    assert e.value.error == "registry.ollama.ai/library/gemma3:latest does not support tools"
+
+
+def test_bad_think_and_keep_alive_values(ollama_server: OllamaTestServer) -> None:
+    with httpx.Client(base_url=ollama_server.host) as http:
+        r = http.post("/api/chat", json={"model": "qwen3", "messages": USER, "think": "extreme"})
+        assert r.status_code == 400 and r.json()["error"].startswith('invalid think value: "extreme"')
+        r = http.post("/api/chat", json={"model": "qwen3", "messages": USER, "keep_alive": "-1"})
+        assert r.status_code == 400 and r.json()["error"] == 'time: missing unit in duration "-1"'
+
+
+def test_errors_before_content_are_real_statuses(ollama_server: OllamaTestServer, client: ollama.Client) -> None:
+    ollama_server.error_after = 0
+    with httpx.Client(base_url=ollama_server.host) as http:
+        r = http.post("/api/chat", json={"model": "llama3.2", "messages": USER})
+        assert r.status_code == 500 and r.json() == {"error": MID_STREAM_ERROR}
+    with pytest.raises(ollama.ResponseError) as e:
+        collect(client.chat("llama3.2", USER, stream=True))
+    assert e.value.status_code == 500
+    # A prompt that cannot fit without context shift (llm/llama_server.go): 400.
+    ollama_server.error_after = None
+    ollama_server.context_shift = False
+    long = [{"role": "user", "content": "word " * 10}]
+    with pytest.raises(ollama.ResponseError) as e:
+        collect(client.chat("llama3.2", long, stream=True, options={"num_ctx": 5}))
+    assert e.value.status_code == 400 and "prompt is longer than the context length" in e.value.error
+
+
+def test_window_default_clamp_and_ps(client: ollama.Client, ollama_server: OllamaTestServer) -> None:
+    client.chat("llama3.2", USER)
+    (ps,) = client.ps().models
+    # The server default (OLLAMA_CONTEXT_LENGTH-like), size_vram and an expiry ~5 minutes out.
+    assert ps.context_length == 4096 and ps.size_vram == ps.size and ps.expires_at
+    assert 250 < (ps.expires_at.timestamp() - time.time()) <= 300
+    ollama_server.context_length = 8192
+    client.chat("llama3.2", USER)
+    assert client.ps().models[0].context_length == 8192
+    # sched.go effectiveContext: an explicit num_ctx is clamped to the trained length.
+    client.chat("tinyllama", USER, options={"num_ctx": 65536})
+    assert {m.model: m.context_length for m in client.ps().models}["tinyllama:latest"] == 2048
+    # getRunner: at least 4, and at least 2048 for a vision model.
+    client.chat("gemma3", USER, options={"num_ctx": 512})
+    client.chat("llama3.2", USER, options={"num_ctx": 1})
+    windows = {m.model: m.context_length for m in client.ps().models}
+    assert windows["gemma3:latest"] == 2048 and windows["llama3.2:latest"] == 4
+    # A Modelfile num_ctx shows in the parameters and sets the window.
+    ollama_server.models["llama3.2"]["num_ctx"] = 1024
+    assert "num_ctx 1024" in (client.show("llama3.2").parameters or "")
+    client.chat("llama3.2", USER)
+    assert {m.model: m.context_length for m in client.ps().models}["llama3.2:latest"] == 1024
+
+
+def test_reload_shows_in_load_duration(client: ollama.Client) -> None:
+    first = client.chat("llama3.2", USER)
+    again = client.chat("llama3.2", USER)
+    resized = client.chat("llama3.2", USER, options={"num_ctx": 8192})  # sched.go needsReload
+    assert first.load_duration == resized.load_duration > again.load_duration
+
+
+def test_option_types_are_checked_and_unknown_names_ignored(client: ollama.Client) -> None:
+    # api/types.go Options.FromMap, via scheduleRunner -> handleScheduleError: 500.
+    cases = {"temperature": ("hot", 'option "temperature" must be of type float32'),
+             "num_ctx": ("big", 'option "num_ctx" must be of type integer'),
+             "seed": (True, 'option "seed" must be of type integer'),
+             "use_mmap": (1, 'option "use_mmap" must be of type boolean'),
+             "stop": ("x", 'option "stop" must be of type array'),
+             "num_gpu": ([1], 'option "num_gpu" must be of type integer')}
+    for name, (value, message) in cases.items():
+        with pytest.raises(ollama.ResponseError) as e:
+            client.chat("llama3.2", USER, options={name: value})
+        assert e.value.status_code == 500 and e.value.error == message
+    with pytest.raises(ollama.ResponseError) as e:
+        client.chat("llama3.2", USER, options={"stop": ["a", 1]})
+    assert e.value.error == 'option "stop" must be of an array of strings'
+    assert client.ps().models == []  # a refused request loads nothing
+    # Numbers are float64 in Go: 2 is a fine temperature, 2.0 a fine seed; unknown names do nothing.
+    r = client.chat("llama3.2", USER, options={"temperature": 1, "seed": 2.0, "temprature": "x", "stop": None})
+    assert r.done and r.done_reason == "stop"
+
+
+def test_done_reasons_load_unload_and_keep_alive(client: ollama.Client, ollama_server: OllamaTestServer) -> None:
+    assert client.chat("llama3.2", USER, options={"num_predict": 2}).done_reason == "length"
+    r = client.chat("qwen3", [])  # no messages: load (routes.go ChatHandler)
+    assert r.done and r.done_reason == "load" and r.message.content == ""
+    assert {m.model for m in client.ps().models} == {"llama3.2:latest", "qwen3:latest"}
+    r = client.chat("qwen3", [], keep_alive=0)  # no messages and keep_alive 0: unload
+    assert r.done_reason == "unload"
+    assert [m.model for m in client.ps().models] == ["llama3.2:latest"]
+    # keep_alive: negative is forever, listed first (PsHandler sorts by expiry); 0 unloads after the reply.
+    client.chat("tinyllama", USER, keep_alive=-1)
+    client.chat("gemma3", USER, keep_alive="30m")
+    ps = client.ps().models
+    assert [m.model for m in ps] == ["tinyllama:latest", "gemma3:latest", "llama3.2:latest"]
+    assert ps[0].expires_at and ps[0].expires_at.year > 2200
+    assert client.chat("llama3.2", USER, keep_alive=0).done
+    assert "llama3.2:latest" not in {m.model for m in client.ps().models}
+
+
+def test_final_chunk_can_carry_content(client: ollama.Client, ollama_server: OllamaTestServer) -> None:
+    ollama_server.content_in_done = True
+    *tokens, done = collect(client.chat("llama3.2", USER, stream=True))
+    assert done.done and done.message.content == "there"
+    assert "".join(c.message.content or "" for c in [*tokens, done]) == "I saw 1 messages. You said: hello there"
+
+
+def test_tool_calls_carry_an_id(ollama_server: OllamaTestServer) -> None:
+    tool = {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}}}
+    with httpx.Client(base_url=ollama_server.host) as http:
+        r = http.post("/api/chat", json={"model": "llama3.2", "messages": USER, "tools": [tool], "stream": False})
+    (call,) = r.json()["message"]["tool_calls"]
+    assert call["id"].startswith("call_") and len(call["id"]) == 13  # routes.go toolCallId
+    assert call["function"] == {"index": 0, "name": "add", "arguments": {"a": 1}}
+
+
+def test_pull_streams_progress_and_installs(client: ollama.Client, ollama_server: OllamaTestServer) -> None:
+    progress = list(client.pull("mistral", stream=True))
+    statuses = [p.status for p in progress]
+    assert statuses[0] == "pulling manifest" and statuses[-3:] == ["verifying sha256 digest", "writing manifest", "success"]
+    layer = [p for p in progress if p.digest]
+    assert layer[0].completed == 0 and layer[-1].completed == layer[-1].total and layer[0].status.startswith("pulling ")
+    assert "mistral:latest" in [m.model for m in client.list().models]
+    assert client.pull("llava").status == "success"  # not streamed: the last progress (waitForStream)
+    # images.go PullModel: an unknown name fails after "pulling manifest".
+    with pytest.raises(ollama.ResponseError) as e:
+        list(client.pull("no-such-model", stream=True))
+    assert e.value.error == "pull model manifest: file does not exist"
+    with pytest.raises(ollama.ResponseError) as e:
+        client.pull("no-such-model")
+    assert e.value.status_code == 500
+
+
+def test_an_interrupted_pull_installs_nothing(client: ollama.Client, ollama_server: OllamaTestServer) -> None:
+    ollama_server.pull_delay = 0.05
+    stream = client.pull("mistral", stream=True)
+    next(stream)
+    close(stream)
+    deadline = time.monotonic() + 3
+    while ollama_server.disconnects == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert ollama_server.disconnects == 1
+    assert "mistral:latest" not in [m.model for m in client.list().models]
+
+
+def test_delete(client: ollama.Client) -> None:
+    client.chat("tinyllama", USER)
+    assert client.delete("tinyllama").status == "success"
+    assert "tinyllama:latest" not in [m.model for m in client.list().models] and client.ps().models == []
+    with pytest.raises(ollama.ResponseError) as e:
+        client.delete("tinyllama")
+    assert e.value.status_code == 404 and e.value.error == "model 'tinyllama' not found"
