@@ -174,11 +174,11 @@ def test_replay_rules(shell, ollama_server, db, monkeypatch, capsys, tmp_path):
 def test_replayed_turn_renders_like_a_live_one(nb_shell, ollama_server, db, monkeypatch, capsys, tmp_path):
     nb = tmp_path / "v.ipynb"
     new_kernel(nb_shell, monkeypatch, capsys, nb)
-    run(nb_shell, "%%ollama --think\nthink about *this*", "a")
+    run(nb_shell, "%%ollama -m qwen3 --think\nthink about *this*", "a")
     live = nb_shell.display_pub.last_markdown
     new_kernel(nb_shell, monkeypatch, capsys, nb)
     ollama_server.reset()
-    run(nb_shell, "%%ollama --think\nthink about *this*", "a")
+    run(nb_shell, "%%ollama -m qwen3 --think\nthink about *this*", "a")
     replayed = nb_shell.display_pub.last_markdown
     assert ollama_server.chat_requests() == []
     assert "replayed from " in replayed and "--fresh" in replayed
