@@ -36,6 +36,7 @@ from IPython.core.error import UsageError
 
 from conftest import magics_of, run
 from ollama_magic import persist
+from ollama_magic.routing import target_chat
 from ollama_magic.store import Conversation, ConversationStore, Event, StoreError, Turn, TurnMeta
 
 UNDO_DEPTH = 4  # small, so that the bound is reached
@@ -466,9 +467,11 @@ def test_magics_state_machine(shell, ollama_server, tmp_path, capsys, monkeypatc
             flags = ("--new " if new else "") + ("--once " if once else "") + (f"-c {chat} " if chat else "") + (
                 f"--system {system} " if system is not None else "") + ("-m qwen3 --think" if think else "")  # llama3.2 cannot think
             before = self.snapshot()
+            # The chat the turn goes to (routing.py: -c, else the chat holding a re-run cell, else the active one).
+            target = target_chat(self.store, chat, None if once else cell, confirmed=new)
             res = run(shell, f"%%ollama {flags}\nquestion {self.n}", cell_id=cell)
             assert res.success, res.error_in_exec
-            conv = self.store.active
+            conv = target.conv if once else self.store.get(target.name)
             sent = ollama_server.last_chat()["messages"]
             assert sent[-1] == {"role": "user", "content": f"question {self.n}"}
             if once:  # asked with the whole history, stored nothing
@@ -499,7 +502,8 @@ def test_magics_state_machine(shell, ollama_server, tmp_path, capsys, monkeypatc
         def ask_and_interrupt(self, after: int, cell: str | None) -> None:
             # Ctrl-C once `after` chunks have arrived (a deterministic stand-in for the signal).
             before = self.snapshot()
-            n_turns = len(self.store.active.turns)
+            target = target_chat(self.store, None, cell)  # a re-run goes back to the chat holding its turn
+            n_turns = len(target.conv.turns)
             update = TerminalView.update
 
             def interrupted(view: Any, reply: Any) -> None:
@@ -517,7 +521,7 @@ def test_magics_state_machine(shell, ollama_server, tmp_path, capsys, monkeypatc
                     patch.setattr(TerminalView, "begin", interrupted_at_begin)
                 res = run(shell, "%%ollama\nthis one is interrupted", cell_id=cell)
             assert isinstance(res.error_in_exec, KeyboardInterrupt)
-            conv = self.store.active
+            conv = self.store.get(target.name)
             if after == 0:  # nothing had arrived: nothing stored
                 assert self.snapshot() == before
             else:
