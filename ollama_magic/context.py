@@ -88,6 +88,8 @@ def file_block(ref: str, limit: int) -> str:
     try:
         if path.is_dir():
             raise OllamaMagicError(f"--file {ref}: is a folder; give a text file")
+        if path.exists() and not path.is_file():  # a FIFO or a device would block or never end
+            raise OllamaMagicError(f"--file {ref}: not a regular file; give a text file")
         with path.open("rb") as fh:
             raw = fh.read(_MAX_FILE_READ + 1)
             size = max(path.stat().st_size, len(raw))

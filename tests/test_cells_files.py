@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -91,6 +92,7 @@ def test_file_is_bounded(shell, ollama_server, tmp_path):
     ("binary", "not a text file (binary)"),
     ("latin1", "not UTF-8 text"),
     ("folder", "is a folder"),
+    ("fifo", "not a regular file"),
 ])
 def test_bad_file_is_one_line_and_sends_nothing(shell, ollama_server, tmp_path, kind, message):
     path = tmp_path / "x.dat"
@@ -100,6 +102,8 @@ def test_bad_file_is_one_line_and_sends_nothing(shell, ollama_server, tmp_path, 
         path.write_bytes("café".encode("latin-1"))
     elif kind == "folder":
         path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
     run(shell, "%%ollama\nfirst")
     n = len(ollama_server.chat_requests())
     res = run(shell, f"%%ollama --file {path}\nq")
