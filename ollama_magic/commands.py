@@ -276,19 +276,33 @@ class Subcommands:
         print(f"Chat {name!r} is active ({len(self.store.active.turns)} turns).")
 
     @subcommand("history", "the history panel (a transcript in a terminal)")
+    @argument("--last", type=_count, metavar="N", help="only the last N turns (in a notebook: the page shown first)")
+    @argument("--chat", metavar="NAME", help="that chat (in a notebook: switch to it)")
     def _sub_history(self, args: argparse.Namespace) -> Any:
-        from . import persist  # pydantic models: built only when files are touched
-
+        if args.last is not None and args.last < 1:
+            raise OllamaMagicError(f"--last takes a number of turns of at least 1, not {args.last}")
         if self._is_rich():
             from .widget import HistoryPanel
 
+            if args.chat:
+                self.store.switch(args.chat)  # the panel shows (and switches) the active chat
+            cell = getattr(self, "cell_id", None)
+            # Re-running the cell retires its old panel: N re-runs cost one panel.
+            for old in [p for p in self.panels if getattr(p, "cell_id", None) == cell]:
+                old.close()
+                self.panels.discard(old)
             panel = HistoryPanel(self.store, list_models=self._installed_or_none,
                                  default_model=lambda: self.model or self._auto_model,
                                  context_window=self.context_window,
-                                 default_num_ctx=self.default_num_ctx, namespace=self.shell.user_ns)
+                                 default_num_ctx=self.default_num_ctx, namespace=self.shell.user_ns,
+                                 page_size=args.last or 20)
+            panel.cell_id = cell
             self.panels.add(panel)  # closed (and unsubscribed) on unload
             return panel
-        print(persist.export_markdown(self.store.active), end="")
+        from . import persist  # pydantic models: built only when files are touched
+
+        conv = self.store.get(args.chat) if args.chat else self.store.active
+        print(persist.export_markdown(conv, last=args.last), end="")
         return None
 
     @subcommand("reset", "empty the active chat (undoable)")

@@ -32,6 +32,7 @@ from .errors import Interrupted, OllamaMagicError, did_you_mean, host_secrets, i
 from .interpolate import default_renderer, interpolate_refs
 from .journal import Journal, default_path, session_key
 from .journal_commands import JournalCommands
+from .live import Feed
 from .parsing import first_code_block, parse_options, split_args
 from .names import check_out_name, format_hint, is_tool, tool_error
 from .routing import Target, target_chat
@@ -330,8 +331,9 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
         view: View = NotebookView(model, rate=self.display_rate) if self._is_rich() else TerminalView(model)
         exchange: list[dict[str, Any]] = []
         try:
-            exchange, reply = (self.journal.replay(request, view, fresh=args.fresh or not self.replay)
-                               or chat.converse(client, request, view, max_tool_rounds=self.max_tool_rounds))
+            with Feed(store, target.name, user, view, rate=self.display_rate) as sink:  # the panel's live view
+                exchange, reply = (self.journal.replay(request, sink, fresh=args.fresh or not self.replay)
+                                   or chat.converse(client, request, sink, max_tool_rounds=self.max_tool_rounds))
         except KeyboardInterrupt:
             kept = self._interrupted(view, args, user, cell_id, model, started_at, target, variables)
             # Still a KeyboardInterrupt (Run All stops), shown as one line, not httpx's traceback.

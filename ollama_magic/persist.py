@@ -420,14 +420,17 @@ def load(store: ConversationStore, path: str | os.PathLike[str], *, max_bytes: i
     return [c.name for c in chats]
 
 
-def export_markdown(conv: Conversation) -> str:
-    """The chat as a Markdown transcript (thinking and tool calls included)."""
+def export_markdown(conv: Conversation, *, last: int | None = None) -> str:
+    """The chat as a Markdown transcript (thinking and tool calls included); `last`: only the last N turns."""
     lines = [f"# {conv.name}", ""]
+    first = max(0, len(conv.turns) - last) if last is not None else 0
     if conv.model:
         lines += [f"Model: `{conv.model}`", ""]
     if conv.system:
         lines += ["## System", "", conv.system, ""]
-    for i, turn in enumerate(conv.turns, 1):
+    if first:
+        lines += [f"*({first} earlier turn{'s' if first != 1 else ''} not shown)*", ""]
+    for i, turn in enumerate(conv.turns[first:], first + 1):
         for msg in turn.messages:
             role = msg.get("role", "")
             title = {"user": "User", "assistant": "Assistant", "tool": f"Tool `{msg.get('tool_name', '')}`"}.get(role, role)

@@ -408,6 +408,8 @@ class _Snapshot:
 
 
 Listener = Callable[[Event], None]
+# (chat, user message, reply text parts so far); parts None: the reply ended.
+StreamListener = Callable[[str, Message | None, Sequence[str] | None], None]
 
 
 class ConversationStore:
@@ -423,6 +425,7 @@ class ConversationStore:
         # None on an undo stack means "this chat did not exist before".
         self._undo: dict[str, deque[_Snapshot | None]] = {}
         self._listeners: list[Listener] = []
+        self._stream_listeners: list[StreamListener] = []
 
     # -- reading ---------------------------------------------------------
     @property
@@ -459,6 +462,11 @@ class ConversationStore:
     def undo_depth(self, chat: str | None = None) -> int:
         return len(self._undo.get(self._active if chat is None else chat, ()))
 
+    def undo_top(self, chat: str | None = None) -> object:
+        """The newest undo step, to compare by identity (did a change add a step?)."""
+        stack = self._undo.get(self._active if chat is None else chat)
+        return stack[-1] if stack else None
+
     # -- events ----------------------------------------------------------
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call `listener(event)` after every change; returns the unsubscriber."""
@@ -474,6 +482,24 @@ class ConversationStore:
     @property
     def listener_count(self) -> int:
         return len(self._listeners)
+
+    # -- a reply in flight (progress only: nothing is stored) ------------
+    def watch_stream(self, listener: StreamListener) -> Callable[[], None]:
+        """Call `listener(chat, user, parts)` as a reply streams in; returns the unsubscriber."""
+        self._stream_listeners.append(listener)
+        return lambda: self._stream_listeners.remove(listener) if listener in self._stream_listeners else None
+
+    @property
+    def stream_listener_count(self) -> int:
+        return len(self._stream_listeners)
+
+    def stream(self, chat: str, user: Message | None, parts: Sequence[str] | None) -> None:
+        """Tell watchers how a reply in flight stands (`parts` None: it ended)."""
+        for listener in list(self._stream_listeners):
+            try:
+                listener(chat, user, parts)
+            except Exception:  # a broken view must never break a turn
+                log.exception("ollama_magic: stream listener failed")
 
     def _emit(self, kind: str, chat: str, index: int | None = None, count: int = 0) -> None:
         event = Event(kind, chat, index, count)

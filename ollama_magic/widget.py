@@ -1,25 +1,30 @@
-"""The history panel: read, edit, delete and rewind a conversation in a notebook.
+"""The history panel: a live, editable conversation view in a notebook.
 
-`HistoryPanel` is built from stock ipywidgets only (no custom JavaScript) and
-is the one module of the package that imports ipywidgets; `%ollama history`
-imports it when a panel is shown.
+One anywidget (`HistoryPanel`) with its own small front end (`panel.js`,
+`panel.css`). Why one custom widget rather than stock ipywidgets: a stock
+panel needs widgets per row (text areas, buttons, labels), so its model count,
+its `comm_open` traffic and the widget state saved into the notebook all grow
+with the conversation (863 models for 1,000 turns before this design). Here
+the count is fixed (the widget and its layout), whatever the number of turns.
 
-Safety: everything a user or a model wrote is shown as plain text. Message
-text, thinking and the system prompt live in Textareas (plain text by nature).
-The one-line headers (role, model, tokens, cell, status, tool calls) are HTML
-widgets built from fixed markup with every piece of data passed through
-`html.escape`; HTML widgets rather than Labels because a Label is typeset by
-MathJax, which would interpret `$...$` in model output. No Markdown widgets.
+What travels, and how:
 
-Liveness: the panel subscribes to the store and applies each event to the rows
-it concerns: a new turn appends that turn's rows, an edit rebuilds that turn's
-rows, a rewind or delete removes rows; nothing is polled and nothing unrelated
-is rebuilt. Events of a chat the panel does not show only update the chat
-selector. Two panels on one store stay in sync because both listen.
+* Synced traits hold only small, current facts (chat name, header figures,
+  chat list, models, status line). They are what a saved notebook keeps.
+* Turns never live in traits. The front end asks for a page of turns with a
+  custom message and gets rendered rows back; a store event sends only what
+  changed (the new turn, the edited turn, "turn 3 deleted"). So an append
+  costs one row, and the saved widget state stays small.
+* The front end keeps only a bounded window of rows in the page (dropping the
+  oldest as new ones arrive) and asks for earlier pages on demand.
 
-Scale: only the last `page_size` turns get widgets; a "Show N earlier turns"
-button loads earlier pages on demand. Layouts and styles are shared by all
-rows, so a row costs a handful of widgets.
+Safety: message text reaches the page only as HTML made by `markdown_html`
+(Markdown rendered with raw HTML off, then sanitised by an allow-list), or as
+plain text the front end sets with `textContent` / text-area values. The
+front end never turns model text into markup itself.
+
+Liveness: the panel subscribes to the store's events (and to its stream of a
+reply in flight); nothing is polled.
 """
 
 from __future__ import annotations
@@ -31,42 +36,50 @@ import html
 import json
 import keyword
 import logging
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-import ipywidgets as w
-from ipywidgets.widgets.widget_string import HTMLStyle, TextStyle  # not exported at top level
+import anywidget
+import traitlets as t
 
 from . import persist
 from .images import image_kind
-from .store import Conversation, ConversationStore, Event, Message, StoreError, Turn, TurnMeta
+from .store import Conversation, ConversationStore, Event, Message, StoreError, Turn
 
-__all__ = ["HistoryPanel"]
+try:  # the one inert rendering path (ollama_magic/safe.py)
+    from .safe import markdown_html
+except ImportError:  # pragma: no cover - until safe.py lands: text only, escaped
+    def markdown_html(text: str) -> str:
+        return "<p>" + html.escape(text).replace("\n", "<br>") + "</p>"
+
+__all__ = ["HistoryPanel", "count", "model_names", "transcript_html", "transcript_text"]
 
 log = logging.getLogger(__name__)
 
-_MAX_ROWS = 12  # tallest a text area opens (it scrolls beyond)
-_WRAP = 100  # characters per visual line when sizing text areas
-_STATUS_MAX = 300  # the status line is one line, cut to this length
-_ROLE_TEXT = {"user": "You", "assistant": "Assistant", "tool": "Tool", "system": "System"}
-_ROLE_COLOR = {"user": "#0b5cad", "assistant": "#1a7f37", "tool": "#8250df"}
-_MUTED = "color:#57606a;font-size:12px"
-_WARN = "color:#b00020;font-weight:bold;font-size:12px"
+_HERE = Path(__file__).resolve().parent
+PAGE = 20  # turns per page the front end asks for
+_SEARCH_HITS = 200  # most turns a search returns
+_IMAGE_BYTES = 512 * 1024  # larger images are named, not drawn
+_FALLBACK_TURNS = 20  # turns in the static transcript (nbviewer, GitHub)
+_FALLBACK_CHARS = 4000  # characters per message in that transcript
+_STATUS_MAX = 300
 
 
-def _esc(value: object) -> str:
-    """Data as HTML text: every `<`, `>`, `&` and quote escaped."""
-    return html.escape(str(value), quote=True)
+def count(n: int, word: str, plural: str | None = None) -> str:
+    """`1 turn`, `2 turns`, `1,000 turns`."""
+    return f"{n:,} {word if n == 1 else (plural or word + 's')}"
 
 
-def _rows_for(text: str) -> int:
-    """Text area height for `text`: one row per (wrapped) line, 1 to _MAX_ROWS."""
-    rows = 0
-    for line in text.split("\n"):
-        rows += 1 + len(line) // _WRAP
-        if rows >= _MAX_ROWS:
-            return _MAX_ROWS
-    return max(1, rows)
+def model_names(names: Sequence[str]) -> list[str]:
+    """Each model once, by the name a user types: `llama3.2`, not also `llama3.2:latest`."""
+    seen: list[str] = []
+    for name in names:
+        short = name[: -len(":latest")] if name.endswith(":latest") else name
+        if short and short not in seen:
+            seen.append(short)
+    return seen
 
 
 def _one_line(text: str, limit: int = _STATUS_MAX) -> str:
@@ -74,108 +87,124 @@ def _one_line(text: str, limit: int = _STATUS_MAX) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _fmt(n: int | None) -> str:
-    return "—" if n is None else f"{n:,}"
+def _call_text(call: Any) -> str:
+    try:
+        fn = call.get("function", {}) if isinstance(call, dict) else {}
+        args = json.dumps(fn.get("arguments"), ensure_ascii=False)
+        return _one_line(f"{fn.get('name')}({args})", 200)
+    except Exception:
+        return "?"
 
 
-class _Kit:
-    """Layouts and styles shared by every row (one widget each, not one per row)."""
-
-    def __init__(self) -> None:
-        L = w.Layout
-        # "auto" widths: flex children stretch to the panel without overflowing
-        # it (100% plus padding, border or margin would stick out).
-        # flex 0 0 auto: inside the scrolling turns box rows must keep their
-        # height (a shrinking flex child squashes text areas to nothing).
-        self.turn = L(width="auto", margin="4px 0", padding="2px 6px", flex="0 0 auto",
-                      border_left="3px solid #d0d7de")
-        self.row = L(width="auto", margin="1px 0", flex="0 0 auto")
-        self.bar = L(width="auto", align_items="center", min_height="24px")
-        self.info = L(width="auto", flex="1 1 auto")
-        self.auto = L(width="auto")
-        self.button = L(width="auto", height="24px", margin="0 0 0 4px")
-        self.text = L(width="auto", min_width="200px")
-        self.thumb = L(max_height="96px", width="auto", height="auto", object_fit="contain",
-                       margin="2px 4px 2px 0")
-        self.thumbs = L(width="auto", flex_flow="row wrap")
-        self.acc = L(width="auto")
-        self.html_style = HTMLStyle()
-        self.button_style = w.ButtonStyle(font_size="12px")
-        self.text_style = TextStyle()
-        self.all: list[w.Widget] = [
-            self.turn, self.row, self.bar, self.info, self.auto, self.button, self.text,
-            self.thumb, self.thumbs, self.acc, self.html_style, self.button_style, self.text_style,
-        ]
-        self.ids = {id(x) for x in self.all}
-
-    def close(self) -> None:
-        for x in self.all:
-            x.close()
+def _image_url(data: Any) -> str | None:
+    """A data: URL for a stored PNG/JPEG (checked by its bytes), else None."""
+    try:
+        raw = bytes(data) if isinstance(data, (bytes, bytearray)) else base64.b64decode(str(data), validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        return None
+    kind = image_kind(raw) if raw else None
+    if kind is None or len(raw) > _IMAGE_BYTES:
+        return None
+    return f"data:image/{kind.lower()};base64,{base64.b64encode(raw).decode()}"
 
 
-def _dispose(widget: w.Widget, shared: set[int]) -> None:
-    """Close `widget`, its descendants and their own (unshared) layouts and styles."""
-    stack = [widget]
-    while stack:
-        x = stack.pop()
-        stack.extend(getattr(x, "children", ()) or ())
-        for attr in ("layout", "style"):
-            sub = getattr(x, attr, None) if x.has_trait(attr) else None
-            if isinstance(sub, w.Widget) and id(sub) not in shared:
-                sub.close()
-        x.close()
+def turn_key(turn: Turn) -> str:
+    """Names one stored turn object (an edit stores a new one, so the key changes)."""
+    return f"{id(turn):x}-{turn.meta.created!r}"
 
 
-class _MessageRow(w.VBox):
-    """One message: a bar (role, model, tokens, cell, status; Save edit) and its text."""
-
-    def __init__(self, children: Iterable[w.Widget], *, part: int, role: str, text: w.Textarea,
-                 save_button: w.Button, interrupted: bool, thinking: w.Accordion | None,
-                 images: list[w.Image], info: w.HTML, layout: w.Layout) -> None:
-        super().__init__(children=tuple(children), layout=layout)
-        self.part = part
-        self.role = role
-        self.text = text
-        self.save_button = save_button
-        self.interrupted = interrupted
-        self.thinking = thinking
-        self.images = images
-        self.info = info
-        self.turn_view: _TurnView | None = None
-
-
-class _TurnView(w.VBox):
-    """One turn: its number and turn buttons, then one `_MessageRow` per message."""
-
-    def __init__(self, turn: Turn, index: int, title: w.HTML, rows: list[_MessageRow],
-                 bar: w.HBox, delete_button: w.Button, rewind_button: w.Button,
-                 branch_button: w.Button, layout: w.Layout) -> None:
-        super().__init__(children=(bar, *rows), layout=layout)
-        self.turn = turn
-        self.index = index
-        self.title = title
-        self.rows = rows
-        self.delete_button = delete_button
-        self.rewind_button = rewind_button
-        self.branch_button = branch_button
-        for row in rows:
-            row.turn_view = self
-
-    def set_index(self, index: int) -> None:
-        if index != self.index:
-            self.index = index
-            self.title.value = _turn_title(index, self.turn.meta)
+def render_turn(index: int, turn: Turn) -> dict[str, Any]:
+    """One turn as the front end draws it: sanitised HTML and plain metadata."""
+    meta = turn.meta
+    msgs: list[dict[str, Any]] = []
+    for part, msg in enumerate(turn.messages):
+        role = str(msg.get("role") or "")
+        content = str(msg.get("content") or "")
+        entry: dict[str, Any] = {"part": part, "role": role, "html": markdown_html(content) if content else ""}
+        if msg.get("thinking"):
+            entry["thinking"] = markdown_html(str(msg["thinking"]))
+        if msg.get("tool_calls"):
+            entry["calls"] = [_call_text(c) for c in msg["tool_calls"]]
+        if role == "tool":
+            entry["tool"] = str(msg.get("tool_name") or msg.get("name") or "tool")
+        if msg.get("images"):
+            urls = [_image_url(d) for d in msg["images"]]
+            entry["images"] = [u for u in urls if u]
+            entry["unreadable"] = sum(1 for u in urls if not u)
+        msgs.append(entry)
+    seconds = meta.total_duration / 1e9 if meta.total_duration else None
+    return {
+        "index": index,
+        "key": turn_key(turn),
+        "messages": msgs,
+        "meta": {
+            "model": meta.model or "",
+            "cell": meta.cell_id or "",
+            "tokens": meta.eval_count,
+            "prompt": meta.prompt_eval_count,
+            "seconds": round(seconds, 2) if seconds is not None else None,
+            "created": meta.created,
+            "status": meta.status,
+            "edited": meta.edited,
+        },
+    }
 
 
-def _turn_title(index: int, meta: TurnMeta) -> str:
-    """The turn's header as HTML: fixed markup, escaped data."""
-    bits = [f"Turn {index + 1}"]
-    if meta.edited:
-        bits.append("edited")
-    return f'<b style="{_MUTED}">{_esc(" · ".join(bits))}</b>'
+# -- the static transcript (a notebook without widget state) -------------------------
+def _tail(conv: Conversation, limit: int) -> tuple[int, list[Turn]]:
+    first = max(0, len(conv.turns) - limit)
+    return first, conv.turns[first:]
 
 
-class HistoryPanel(w.VBox):
+def _cut(text: str) -> str:
+    return text if len(text) <= _FALLBACK_CHARS else text[:_FALLBACK_CHARS] + " …"
+
+
+_ROLE = {"user": "You", "assistant": "Assistant", "tool": "Tool", "system": "System"}
+
+
+def transcript_text(conv: Conversation, limit: int = _FALLBACK_TURNS) -> str:
+    """The last `limit` turns as plain text."""
+    first, turns = _tail(conv, limit)
+    lines = [f"History of chat {conv.name!r}: {count(len(conv.turns), 'turn')}"
+             + (f" (the last {len(turns)} shown)" if first else "")]
+    if conv.system:
+        lines.append(f"\n[System] {_cut(conv.system)}")
+    for i, turn in enumerate(turns, start=first + 1):
+        for msg in turn.messages:
+            role = _ROLE.get(str(msg.get("role")), str(msg.get("role")))
+            lines.append(f"\n[{i}. {role}] {_cut(str(msg.get('content') or ''))}")
+    return "\n".join(lines) + "\n"
+
+
+def transcript_html(conv: Conversation, limit: int = _FALLBACK_TURNS) -> str:
+    """The last `limit` turns as sanitised HTML (what nbviewer and GitHub show)."""
+    first, turns = _tail(conv, limit)
+    esc = html.escape
+    out = [f"<div><p><b>History of chat {esc(conv.name)}</b> · {esc(count(len(conv.turns), 'turn'))}"
+           + (f" (the last {len(turns)} shown)" if first else "")
+           + f" · as of {esc(time.strftime('%Y-%m-%d %H:%M'))}</p>"]
+    if conv.system:
+        out.append(f"<p><i>System:</i> {esc(_cut(conv.system))}</p>")
+    for i, turn in enumerate(turns, start=first + 1):
+        for msg in turn.messages:
+            role = str(msg.get("role") or "")
+            content = str(msg.get("content") or "")
+            if not content:
+                continue
+            label = f"{i}. {_ROLE.get(role, role)}"
+            if role == "assistant" and turn.meta.model:
+                label += f" ({turn.meta.model})"
+            out.append(f"<h4>{esc(label)}</h4>\n{markdown_html(_cut(content))}")
+    out.append("</div>")
+    return "\n".join(out)
+
+
+def _read(name: str) -> str:
+    return (_HERE / name).read_text(encoding="utf-8")
+
+
+class HistoryPanel(anywidget.AnyWidget):  # type: ignore[misc]
     """A live, editable view of the active chat of a `ConversationStore`.
 
     list_models: installed model names, or None when the server is unknown
@@ -183,326 +212,152 @@ class HistoryPanel(w.VBox):
     default_model: the model a turn uses when the chat has none.
     context_window: the model's context window (num_ctx) if known.
     namespace: where "Copy messages" puts the message list (the user namespace).
-    page_size: how many of the latest turns get rows; earlier pages load on demand.
     """
+
+    _esm = t.Unicode(_read("panel.js")).tag(sync=True)
+    _css = t.Unicode(_read("panel.css")).tag(sync=True)
+
+    chat = t.Unicode("").tag(sync=True)
+    chats = t.List(t.Dict()).tag(sync=True)  # [{name, turns, changed}]
+    header = t.Unicode("").tag(sync=True)
+    warn = t.Bool(False).tag(sync=True)  # the context is nearly full
+    total = t.Int(0).tag(sync=True)  # turns in the shown chat
+    version = t.Int(0).tag(sync=True)  # bumped when the turns must be fetched afresh
+    models = t.List(t.Unicode(), allow_none=True).tag(sync=True)
+    model = t.Unicode("").tag(sync=True)
+    system = t.Unicode("").tag(sync=True)
+    status = t.Dict().tag(sync=True)  # {text, error, undo, seq}
+    undo_label = t.Unicode("").tag(sync=True)  # what Undo would undo ("" when nothing)
+    copy_name = t.Unicode("messages").tag(sync=True)
+    page = t.Int(PAGE).tag(sync=True)
 
     def __init__(self, store: ConversationStore, *,
                  list_models: Callable[[], list[str] | None] = lambda: None,
                  default_model: Callable[[], str | None] = lambda: None,
                  context_window: Callable[[str], int | None] = lambda model: None,
                  default_num_ctx: int = 4096, namespace: dict[str, Any] | None = None,
-                 page_size: int = 50) -> None:
-        super().__init__(layout=w.Layout(width="100%"))
+                 page_size: int = PAGE) -> None:
+        super().__init__()
         self.store = store
         self.namespace = namespace
-        self.page_size = max(1, int(page_size))
         self.default_num_ctx = default_num_ctx
-        self._list_models = list_models
+        self.page = max(1, int(page_size))
         self._default_model = default_model
         self._context_window = context_window
         self._ctx_cache: dict[str, int | None] = {}
-        self._kit = _Kit()
-        self._chat = store.active_name
-        self._views: list[_TurnView] = []
-        self._first = 0  # index of the first turn that has a view
-        self._quiet = 0  # >0 while the panel itself sets widget values
         self._closed = False
-        self.rows_built = 0  # message rows ever built (for tests and benchmarks)
-        self.turns_built = 0
-
-        kit = self._kit
-        # -- top: chat, model, new chat ------------------------------------
-        self.chat_selector = w.Dropdown(description="Chat", options=store.names, value=self._chat,
-                                        layout=w.Layout(width="240px"),
-                                        style={"description_width": "40px"})
-        self.chat_selector.observe(self._on_chat_selected, names="value")
-        self.model_field = self._make_model_field()
-        self.new_chat_name = w.Text(placeholder="new chat name", layout=w.Layout(width="150px"))
-        self.new_chat_button = w.Button(description="New chat", icon="plus", layout=kit.auto,
-                                        tooltip="Create a chat (with this chat's model and options) and switch to it")
-        self.new_chat_button.on_click(lambda _: self._guard(self._new_chat))
-        top = w.HBox([self.chat_selector, self.model_field, self.new_chat_name, self.new_chat_button],
-                     layout=w.Layout(width="auto", flex_flow="row wrap", align_items="center"))
-
-        # -- summary -------------------------------------------------------
-        self.header = w.HTML(layout=w.Layout(width="auto"))
-        self.header_text = ""
-
-        # -- system prompt -------------------------------------------------
-        self.system_text = w.Textarea(placeholder="System prompt (none)", continuous_update=False,
-                                      layout=w.Layout(width="auto"))
-        self.system_save = w.Button(description="Save system prompt",
-                                    layout=w.Layout(width="auto", align_self="flex-start"),
-                                    tooltip="Store this text as the chat's system prompt (empty removes it)")
-        self.system_save.on_click(lambda _: self._guard(self._save_system))
-        system = w.VBox([self.system_text, self.system_save], layout=w.Layout(width="auto"))
-
-        # -- actions -------------------------------------------------------
-        self.undo_button = w.Button(description="Undo", icon="undo", layout=kit.auto,
-                                    tooltip="Undo the last change to this chat (same as %ollama undo)")
-        self.undo_button.on_click(lambda _: self._guard(self._undo))
-        self.reset_button = w.Button(description="Reset", icon="trash", button_style="warning",
-                                     layout=kit.auto, tooltip="Remove all turns (undoable)")
-        self.reset_button.on_click(lambda _: self._guard(self._reset))
-        self.export_path = w.Text(placeholder="chat.md", layout=w.Layout(width="160px"))
-        self.export_button = w.Button(description="Export Markdown", icon="download", layout=kit.auto,
-                                      tooltip="Write this chat as Markdown to the path on the left")
-        self.export_button.on_click(lambda _: self._guard(self._export))
-        self.copy_var = w.Text(value="messages", layout=w.Layout(width="120px"))
-        self.copy_button = w.Button(description="Copy messages", icon="copy", layout=kit.auto,
-                                    tooltip="Put a copy of the message list into this notebook variable")
-        self.copy_button.on_click(lambda _: self._guard(self._copy_messages))
-        actions = w.HBox([self.undo_button, self.reset_button, self.export_path, self.export_button,
-                          self.copy_var, self.copy_button],
-                         layout=w.Layout(width="auto", flex_flow="row wrap", align_items="center"))
-        self.status = w.HTML(layout=w.Layout(width="auto"))
-        self.status_text = ""  # the status line as plain text
-
-        # -- turns ---------------------------------------------------------
-        self.earlier_button = w.Button(layout=w.Layout(width="auto", display="none"), icon="chevron-up")
-        self.earlier_button.on_click(lambda _: self._guard(self.show_earlier))
-        self._turns_box = w.VBox(layout=w.Layout(width="auto", max_height="70vh", overflow="auto"))
-
-        self.children = (top, self.header, system, actions, self.status, self.earlier_button,
-                         self._turns_box)
-        self._fill_settings()
-        self._render_turns(keep_visible=False)
-        self._refresh_summary()
+        self._changed: dict[str, float] = {}
+        # Per chat, what each undo step would undo: (the store's step, words).
+        self._labels: dict[str, list[tuple[object, str]]] = {}
+        self._live: dict[str, Any] | None = None  # the reply in flight: chat, parts sent
+        self.sent: list[dict[str, Any]] = []  # recent messages (for tests); bounded
+        try:
+            models = list_models()
+        except Exception as exc:
+            log.debug("list_models failed: %s", exc)
+            models = None
+        self.models = model_names(models) if models is not None else None
+        self.chat = store.active_name
+        for conv in store:
+            self._changed[conv.name] = max((x.meta.created for x in conv.turns), default=time.time())
+        self._fill()
+        self.copy_name = self._free_name("messages")
+        self.on_msg(self._on_msg)
         self._unsubscribe: Callable[[], None] | None = store.subscribe(self._on_event)
+        self._unwatch: Callable[[], None] | None = store.watch_stream(self._on_stream)
 
-    # -- public ------------------------------------------------------------
+    # -- public ------------------------------------------------------------------
+    def rows(self, end: int | None = None, size: int | None = None) -> list[dict[str, Any]]:
+        """Rendered turns `end - size` .. `end` of the shown chat (the last page by default)."""
+        turns = self._conv().turns
+        end = len(turns) if end is None else max(0, min(int(end), len(turns)))
+        start = max(0, end - (size or self.page))
+        return [render_turn(i, turns[i]) for i in range(start, end)]
+
+    def receive(self, content: dict[str, Any]) -> None:
+        """Handle one message from the front end (buttons, edits, paging, search)."""
+        if self._closed or not isinstance(content, dict):
+            return
+        action = content.get("do")
+        handler = getattr(self, f"_do_{action}", None) if isinstance(action, str) and action.isidentifier() else None
+        if handler is None:
+            self._say(f"unknown action {action!r}", error=True)
+            return
+        try:
+            handler(content)
+        except (StoreError, persist.FileError) as exc:
+            self._say(str(exc), error=True)
+        except Exception as exc:  # no exception may escape into the kernel's comm handler
+            log.debug("history panel action failed", exc_info=True)
+            self._say(f"{type(exc).__name__}: {exc}", error=True)
+
+    def edit(self, turn: int, text: str, *, reply: bool = False) -> None:
+        """What an edit's Save does, from code: turn `turn` (numbered from 1, as shown)."""
+        turns = self._conv().turns
+        if not 1 <= turn <= len(turns):
+            raise StoreError(f"chat {self.chat!r} has no turn {turn} (it has {count(len(turns), 'turn')})")
+        self.receive({"do": "save", "index": turn - 1, "key": turn_key(turns[turn - 1]),
+                      "part": -1 if reply else 0, "text": text})
+
     @property
-    def chat(self) -> str:
-        """The name of the chat shown (the store's active chat)."""
-        return self._chat
-
-    @property
-    def turn_views(self) -> list[_TurnView]:
-        """The turns that have widgets, oldest first."""
-        return list(self._views)
-
-    @property
-    def rows(self) -> list[_MessageRow]:
-        """All message rows that have widgets, in display order."""
-        return [row for view in self._views for row in view.rows]
-
-    @property
-    def first_shown(self) -> int:
-        """Index of the first turn that has widgets (earlier ones are paged out)."""
-        return self._first
-
-    def show_earlier(self) -> int:
-        """Give the previous page of turns widgets; returns how many were added."""
-        if self._first == 0:
-            return 0
-        conv = self._conv()
-        start = max(0, self._first - self.page_size)
-        new = [self._build_turn(i, conv.turns[i]) for i in range(start, self._first)]
-        self._views = new + self._views
-        self._first = start
-        self._turns_box.children = tuple(self._views)
-        self._refresh_earlier()
-        return len(new)
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self) -> None:
-        """Stop listening to the store and close every widget of the panel."""
+        """Stop listening to the store and close the widget (its views go too)."""
         if self._closed:
             return
         self._closed = True
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
-        shared = self._kit.ids
-        for view in self._views:
-            _dispose(view, shared)
-        self._views = []
-        self._turns_box.children = ()
-        for child in self.children:
-            _dispose(child, shared)
-        self._kit.close()
-        self.layout.close()
+        for stop in (self._unsubscribe, self._unwatch):
+            if stop is not None:
+                stop()
+        self._unsubscribe = self._unwatch = None
+        layout = self.layout
         super().close()
+        layout.close()
 
-    # -- building ------------------------------------------------------------
-    def _conv(self) -> Conversation:
-        return self.store.get(self._chat)
-
-    def _make_model_field(self) -> w.Widget:
-        try:
-            installed = self._list_models()
-        except Exception as exc:  # a broken callback means "server unknown"
-            log.debug("list_models failed: %s", exc)
-            installed = None
-        self._installed = None if installed is None else [str(m) for m in installed]
-        tooltip = "The chat's model (used from the next turn)"
-        if self._installed is None:
-            field = w.Text(description="Model", continuous_update=False, tooltip=tooltip,
-                           layout=w.Layout(width="260px"), style={"description_width": "48px"})
-        else:
-            field = w.Dropdown(description="Model", tooltip=tooltip, layout=w.Layout(width="260px"),
-                               style={"description_width": "48px"})
-        field.observe(self._on_model_changed, names="value")
-        return field
-
-    def _default(self) -> str | None:
-        try:
-            return self._default_model()
-        except Exception:
+    def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The widget, plus a readable transcript where widgets cannot be drawn."""
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if bundle is None:
             return None
-
-    def _fill_settings(self) -> None:
-        """Chat selector, model field and system prompt from the store."""
-        self._fill_selector()
-        self._fill_model()
-        self._fill_system()
-        self.export_path.placeholder = f"{self._chat}.md"
-
-    def _fill_model(self) -> None:
+        data, meta = bundle
         conv = self._conv()
-        default = self._default()
-        self._quiet += 1
-        try:
-            if isinstance(self.model_field, w.Dropdown):
-                names = list(self._installed or [])
-                if conv.model and conv.model not in names:
-                    names.append(conv.model)
-                blank = f"(default: {default})" if default else "(none)"
-                options = [(blank, "")] + [(n, n) for n in names]
-                if list(self.model_field.options) != options:
-                    self.model_field.options = options
-                self.model_field.value = conv.model or ""
-            else:
-                self.model_field.placeholder = default or "model name"
-                self.model_field.value = conv.model or ""
-        finally:
-            self._quiet -= 1
+        data = {**data, "text/plain": transcript_text(conv), "text/html": transcript_html(conv)}
+        return data, meta
 
-    def _fill_system(self) -> None:
-        text = self._conv().system or ""
-        self._quiet += 1
-        try:
-            self.system_text.value = text
-            self.system_text.rows = max(2, _rows_for(text))
-        finally:
-            self._quiet -= 1
+    # -- sending -------------------------------------------------------------------
+    def _post(self, message: dict[str, Any]) -> None:
+        if self._closed:
+            return
+        self.sent.append(message)
+        del self.sent[:-50]
+        self.send(message)
 
-    def _fill_selector(self) -> None:
-        self._quiet += 1
-        try:
-            names = self.store.names
-            if list(self.chat_selector.options) != names:
-                self.chat_selector.options = names
-            if self._chat in names and self.chat_selector.value != self._chat:
-                self.chat_selector.value = self._chat
-        finally:
-            self._quiet -= 1
+    def _say(self, text: str, *, error: bool = False, undo: bool = False, where: int | None = None) -> None:
+        seq = int(self.status.get("seq", 0)) + 1
+        self.status = {"text": _one_line(text), "error": error, "undo": undo and not error,
+                       "seq": seq, "where": where}
 
-    def _render_turns(self, *, keep_visible: bool) -> None:
-        """Show the last page of turns, reusing the views of turns that did not change."""
+    @property
+    def status_text(self) -> str:
+        return str(self.status.get("text", ""))
+
+    # -- state ---------------------------------------------------------------------
+    def _conv(self) -> Conversation:
+        return self.store.get(self.chat)
+
+    def _fill(self) -> None:
         conv = self._conv()
-        n = len(conv.turns)
-        visible = max(self.page_size, len(self._views)) if keep_visible else self.page_size
-        first = max(0, n - visible)
-        pool: dict[int, list[_TurnView]] = {}
-        for view in self._views:
-            pool.setdefault(id(view.turn), []).append(view)
-        views: list[_TurnView] = []
-        for i in range(first, n):
-            turn = conv.turns[i]
-            bucket = pool.get(id(turn))
-            if bucket:
-                view = bucket.pop(0)
-                view.set_index(i)
-            else:
-                view = self._build_turn(i, turn)
-            views.append(view)
-        self._first, self._views = first, views
-        self._turns_box.children = tuple(views)
-        for bucket in pool.values():
-            for view in bucket:
-                _dispose(view, self._kit.ids)
-        self._refresh_earlier()
+        self.system = conv.system or ""
+        self.model = conv.model or ""
+        self._fill_chats()
+        self._refresh()
 
-    def _build_turn(self, index: int, turn: Turn) -> _TurnView:
-        kit = self._kit
-        self.turns_built += 1
-        title = w.HTML(_turn_title(index, turn.meta), layout=kit.info, style=kit.html_style)
-        rewind = w.Button(description="Rewind to here", layout=kit.button, style=kit.button_style,
-                          tooltip="Keep the turns up to and including this one (undoable)")
-        branch = w.Button(description="Branch from here", layout=kit.button, style=kit.button_style,
-                          tooltip="Copy the chat up to this turn into a new chat and switch to it")
-        delete = w.Button(description="Delete turn", layout=kit.button, style=kit.button_style,
-                          button_style="danger", tooltip="Delete this question and its answer (undoable)")
-        bar = w.HBox([title, rewind, branch, delete], layout=kit.bar)
-        rows = [self._build_row(part, msg, turn, len(turn.messages)) for part, msg in enumerate(turn.messages)]
-        view = _TurnView(turn, index, title, rows, bar, delete, rewind, branch, layout=kit.turn)
-        rewind.on_click(lambda _: self._guard(self._rewind, view))
-        branch.on_click(lambda _: self._guard(self._branch, view))
-        delete.on_click(lambda _: self._guard(self._delete, view))
-        return view
+    def _fill_chats(self) -> None:
+        self.chats = [{"name": c.name, "turns": len(c.turns), "changed": self._changed.get(c.name, 0.0)}
+                      for c in self.store]
 
-    def _build_row(self, part: int, msg: Message, turn: Turn, count: int) -> _MessageRow:
-        kit = self._kit
-        meta = turn.meta
-        self.rows_built += 1
-        role = str(msg.get("role") or "?")
-        last = part == count - 1
-        role_text = _ROLE_TEXT.get(role, role)
-        if role == "tool" and msg.get("tool_name"):
-            role_text = f"Tool {msg['tool_name']}"
-        info_bits: list[str] = []
-        if meta.model:
-            info_bits.append(meta.model)
-        if part == 0 and meta.prompt_eval_count is not None:
-            info_bits.append(f"prompt {meta.prompt_eval_count:,} tokens")
-        if last and role == "assistant" and meta.eval_count is not None:
-            info_bits.append(f"{meta.eval_count:,} tokens")
-        if meta.cell_id:
-            info_bits.append(f"cell {meta.cell_id[:8]}")
-        calls = msg.get("tool_calls") or []
-        if calls:
-            info_bits.append("calls " + ", ".join(_call_text(c) for c in calls))
-        interrupted = last and meta.status == "interrupted"
-        color = _ROLE_COLOR.get(role, "inherit")
-        markup = (f'<b style="display:inline-block;min-width:84px;color:{color}">{_esc(_one_line(role_text, 60))}</b>'
-                  f'<span style="{_MUTED}">{_esc(_one_line(" · ".join(info_bits), 240))}</span>')
-        if interrupted:
-            markup += (f' <span style="{_WARN}" title="The reply was stopped before it finished">'
-                       "⚠ interrupted</span>")
-        info = w.HTML(markup, layout=kit.info, style=kit.html_style)
-        save = w.Button(description="Save edit", layout=kit.button, style=kit.button_style,
-                        tooltip="Store the edited text of this message (undoable)")
-        bar_items: list[w.Widget] = [info, save]
-        content = msg.get("content")
-        content = "" if content is None else str(content)
-        text = w.Textarea(value=content, rows=_rows_for(content), continuous_update=False,
-                          layout=kit.text, style=kit.text_style)
-        children: list[w.Widget] = [w.HBox(bar_items, layout=kit.bar)]
-        thinking = None
-        if msg.get("thinking"):
-            thought = str(msg["thinking"])
-            inner = w.Textarea(value=thought, rows=_rows_for(thought), disabled=True,
-                               layout=kit.text, style=kit.text_style)
-            thinking = w.Accordion(children=[inner], titles=("Thinking",), selected_index=None,
-                                   layout=kit.acc)
-            children.append(thinking)
-        children.append(text)
-        images: list[w.Image] = []
-        if role == "user" and msg.get("images"):
-            thumbs: list[w.Widget] = []
-            for data in msg["images"]:
-                img = _thumbnail(data, kit)
-                if isinstance(img, w.Image):
-                    images.append(img)
-                thumbs.append(img)
-            children.append(w.HBox(thumbs, layout=kit.thumbs))
-        row = _MessageRow(children, part=part, role=role, text=text, save_button=save,
-                          interrupted=interrupted, thinking=thinking, images=images, info=info,
-                          layout=kit.row)
-        save.on_click(lambda _: self._guard(self._save_edit, row))
-        return row
-
-    # -- summary -------------------------------------------------------------
     def _num_ctx(self, conv: Conversation) -> int:
         raw = conv.options.get("num_ctx")
         try:
@@ -523,334 +378,333 @@ class HistoryPanel(w.VBox):
                 return int(window)
         return self.default_num_ctx
 
-    def _refresh_summary(self) -> None:
+    def _default(self) -> str | None:
+        try:
+            return self._default_model()
+        except Exception:
+            return None
+
+    def _refresh(self) -> None:
+        """Header figures, undo label and turn count: always the store's current ones."""
         conv = self._conv()
         n = len(conv.turns)
-        used = None
-        for turn in reversed(conv.turns):
-            if turn.meta.prompt_eval_count is not None:
-                used = turn.meta.prompt_eval_count
-                break
+        used = conv.context_tokens if any(x.meta.prompt_eval_count is not None for x in conv.turns) else None
         num_ctx = self._num_ctx(conv)
-        context = f"context {_fmt(used)} / {num_ctx:,}"
+        context = f"context {'—' if used is None else f'{used:,}'} / {num_ctx:,}"
+        warn = False
         if used is not None and num_ctx:
             share = used / num_ctx
             context += f" ({share:.0%})"
             if share >= 0.9:
+                warn = True
                 context += " ⚠ near the limit: Ollama drops the oldest messages beyond it"
-        text = f"{n:,} turn{'s' if n != 1 else ''} · {conv.generated_tokens:,} tokens generated · {context}"
-        if self.header_text != text:
-            self.header_text = text
-            self.header.value = _esc(text)
-        depth = self.store.undo_depth(self._chat)
-        self.undo_button.disabled = depth == 0
-        self.undo_button.tooltip = f"Undo the last change to this chat ({depth} step{'s' if depth != 1 else ''} available)"
-        self.reset_button.disabled = n == 0
-        self._refresh_earlier()
-
-    def _refresh_earlier(self) -> None:
-        hidden = self._first
-        if hidden:
-            page = min(self.page_size, hidden)
-            self.earlier_button.description = (
-                f"Show {page:,} earlier turn{'s' if page != 1 else ''} ({hidden:,} not shown)")
-            self.earlier_button.layout.display = None
+        self.header = f"{count(n, 'turn')} · {count(conv.generated_tokens, 'token')} generated · {context}"
+        self.warn = warn
+        self.total = n
+        labels = self._labels.get(conv.name, [])
+        top = self.store.undo_top(conv.name)
+        if not self.store.can_undo(conv.name):
+            self.undo_label = ""
+        elif labels and labels[-1][0] is top:
+            self.undo_label = labels[-1][1]
         else:
-            self.earlier_button.layout.display = "none"
+            self.undo_label = f"the last change to chat {conv.name!r}"
 
-    def _say(self, text: str, *, error: bool = False) -> None:
-        self.status_text = _one_line(("⚠ " if error else "✓ ") + text)
-        style = "color:#b00020" if error else "color:#1a7f37"
-        self.status.value = f'<span style="{style}">{_esc(self.status_text)}</span>'
+    def _note_change(self, event: Event) -> None:
+        """Remember when each chat changed and what its undo steps would undo."""
+        name = event.chat
+        self._changed[name] = time.time()
+        depth = self.store.undo_depth(name)
+        top = self.store.undo_top(name)
+        labels = self._labels.setdefault(name, [])
+        del labels[depth:]  # undone steps
+        label = _describe(event)
+        if not depth or not label:
+            return
+        if labels and labels[-1][0] is top:  # the same step (one commit, several events)
+            if event.kind in _TURN_EVENTS:
+                labels[-1] = (top, label)
+        else:
+            labels.append((top, label))
+            del labels[:-depth]
 
-    # -- store events --------------------------------------------------------
+    # -- store events ----------------------------------------------------------------
     def _on_event(self, event: Event) -> None:
         if self._closed:
             return
         try:
             self._apply(event)
-        except Exception as exc:  # never leave the panel half-updated: redraw it
+        except Exception as exc:  # never leave the view half-updated: fetch afresh
             log.exception("ollama_magic: history panel failed on %s", event)
-            try:
-                if event.chat == self._chat or event.kind in ("switched", "chat_removed"):
-                    self._chat = self.store.active_name
-                    self._fill_settings()
-                    self._render_turns(keep_visible=True)
-                    self._refresh_summary()
-            except Exception:
-                log.exception("ollama_magic: history panel redraw failed")
+            self.version += 1
             self._say(f"panel redrawn after an error: {exc}", error=True)
 
     def _apply(self, event: Event) -> None:
         kind = event.kind
-        if kind in ("chat_created", "chat_removed"):
-            self._fill_selector()
+        if kind not in ("switched", "chat_created", "chat_removed"):
+            self._note_change(event)
+        if kind == "chat_removed":
+            self._changed.pop(event.chat, None)
+            self._labels.pop(event.chat, None)
+        if kind == "chat_created":
+            self._changed[event.chat] = time.time()
+        if kind == "switched" or (kind == "chat_removed" and event.chat == self.chat):
+            self.chat = self.store.active_name
+            self._fill()
+            self.version += 1
             return
-        if kind == "switched":
-            self._chat = event.chat
-            self._fill_settings()
-            self._render_turns(keep_visible=False)
-            self._refresh_summary()
-            return
-        if event.chat != self._chat:
-            return  # another chat's change: nothing of it is shown
-        if kind == "turn_added":
-            self._on_added(event.index)
-        elif kind in ("turn_replaced", "edited"):
-            self._on_replaced(event.index)
-        elif kind == "truncated":
-            self._drop_from(event.index if event.index is not None else 0)
-        elif kind == "deleted":
-            self._on_deleted(event.index)
-        elif kind == "reset":
-            self._drop_from(0)
+        self._fill_chats()
+        if event.chat != self.chat:
+            return  # another chat's change: only the chat list shows it
+        turns = self._conv().turns
+        if kind == "turn_added" and event.index == len(turns) - 1:
+            self._end_live()
+            self._post({"kind": "append", "row": render_turn(event.index, turns[event.index]),
+                        "total": len(turns)})
+        elif kind in ("turn_replaced", "edited") and event.index is not None and event.index < len(turns):
+            if kind == "turn_replaced":
+                self._end_live()
+            self._post({"kind": "replace", "row": render_turn(event.index, turns[event.index]),
+                        "total": len(turns)})
+        elif kind == "deleted" and event.index is not None:
+            self._post({"kind": "deleted", "index": event.index, "total": len(turns)})
+        elif kind in ("truncated", "reset"):
+            self._post({"kind": "truncated", "keep": event.index or 0, "total": len(turns)})
         elif kind == "system":
-            self._fill_system()
+            self.system = self._conv().system or ""
         elif kind == "model":
-            self._fill_model()
+            self.model = self._conv().model or ""
         elif kind == "options":
-            pass  # num_ctx may have changed: the summary below shows it
-        elif kind == "restored":
-            self._fill_settings()
-            self._render_turns(keep_visible=True)
-        else:
-            self._render_turns(keep_visible=True)
-        self._check()
-        self._refresh_summary()
+            self._ctx_cache.clear()
+        else:  # restored (undo, load), fresh commits, anything new: fetch afresh
+            self._end_live()
+            self.system = self._conv().system or ""
+            self.model = self._conv().model or ""
+            self.version += 1
+        self._refresh()
 
-    def _check(self) -> None:
-        """The shown views must be exactly turns[first:]; redraw if not (never expected)."""
+    # -- a reply in flight -------------------------------------------------------------
+    def _on_stream(self, chat: str, user: Message | None, parts: Sequence[str] | None) -> None:
+        if self._closed or chat != self.chat:
+            return
+        if parts is None:
+            self._end_live()
+            return
+        live = self._live
+        if live is None or live["chat"] != chat:
+            live = self._live = {"chat": chat, "sent": 0}
+            first = str((user or {}).get("content") or "")
+            self._post({"kind": "live", "start": True, "index": len(self._conv().turns),
+                        "user": markdown_html(first) if first else "", "text": "".join(parts)})
+            live["sent"] = len(parts)
+            return
+        new = parts[live["sent"]:]
+        if new:
+            live["sent"] = len(parts)
+            self._post({"kind": "live", "text": "".join(new)})  # only what arrived since
+
+    def _end_live(self) -> None:
+        if self._live is not None:
+            self._live = None
+            self._post({"kind": "live", "end": True})
+
+    # -- front-end actions -------------------------------------------------------------
+    def _on_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
+        self.receive(content)
+
+    def _turn_at(self, content: dict[str, Any]) -> int:
+        """The index of the turn a message names by index and key (checked, or found)."""
         turns = self._conv().turns
-        if self._first + len(self._views) != len(turns) or (
-                self._views and self._views[-1].turn is not turns[-1]):
-            log.debug("history panel out of step; redrawing")
-            self._render_turns(keep_visible=True)
+        key = content.get("key")
+        index = content.get("index")
+        if isinstance(index, int) and 0 <= index < len(turns) and turn_key(turns[index]) == key:
+            return index
+        for i, turn in enumerate(turns):
+            if turn_key(turn) == key:
+                return i
+        self.version += 1
+        raise StoreError("that turn has changed or is gone (another change came first); "
+                         "the panel now shows the current turns")
 
-    def _on_added(self, index: int | None) -> None:
+    def _do_page(self, content: dict[str, Any]) -> None:
+        end = content.get("end")
+        size = content.get("size")
+        rows = self.rows(end if isinstance(end, int) else None, size if isinstance(size, int) and size > 0 else None)
+        self._post({"kind": "rows", "req": content.get("req"), "rows": rows, "total": self.total,
+                    "version": self.version})
+
+    def _do_rows(self, content: dict[str, Any]) -> None:
+        """Rows for given turn indices (a search's matches)."""
         turns = self._conv().turns
-        if index is None or index != self._first + len(self._views) or index != len(turns) - 1:
-            self._render_turns(keep_visible=True)
-            return
-        view = self._build_turn(index, turns[index])
-        self._views.append(view)
-        self._turns_box.children = (*self._turns_box.children, view)
+        wanted = [i for i in content.get("indices") or [] if isinstance(i, int) and 0 <= i < len(turns)]
+        rows = [render_turn(i, turns[i]) for i in wanted[: self.page * 5]]
+        self._post({"kind": "rows", "req": content.get("req"), "rows": rows, "total": self.total,
+                    "version": self.version, "filtered": True})
 
-    def _on_replaced(self, index: int | None) -> None:
-        if index is None:
-            self._render_turns(keep_visible=True)
-            return
-        pos = index - self._first
-        if pos < 0:
-            return  # not shown
-        if pos >= len(self._views):
-            self._render_turns(keep_visible=True)
-            return
+    def _do_source(self, content: dict[str, Any]) -> None:
+        """The raw text of one message, for its edit box."""
+        index = self._turn_at(content)
+        part = int(content.get("part", -1))
+        msg = self._conv().turns[index].messages[part]
+        self._post({"kind": "source", "req": content.get("req"), "key": content.get("key"),
+                    "part": part, "text": str(msg.get("content") or "")})
+
+    def _do_save(self, content: dict[str, Any]) -> None:
+        index = self._turn_at(content)
+        part = int(content.get("part", -1))
+        text = str(content.get("text", ""))
         turn = self._conv().turns[index]
-        old = self._views[pos]
-        if old.turn is turn:
-            return
-        new = self._build_turn(index, turn)
-        self._views[pos] = new
-        self._turns_box.children = tuple(self._views)
-        _dispose(old, self._kit.ids)
-
-    def _drop_from(self, keep: int) -> None:
-        """Remove the views of turns `keep` and later."""
-        pos = max(0, keep - self._first)
-        gone = self._views[pos:]
-        if not gone and keep >= self._first:
-            return
-        self._views = self._views[:pos]
-        if keep < self._first:
-            self._first = keep
-        self._turns_box.children = tuple(self._views)
-        for view in gone:
-            _dispose(view, self._kit.ids)
-        if not self._views and self._first:
-            self.show_earlier()
-
-    def _on_deleted(self, index: int | None) -> None:
-        if index is None:
-            self._render_turns(keep_visible=True)
-            return
-        pos = index - self._first
-        if pos < 0:  # an unshown turn went: every shown turn moves up one
-            self._first -= 1
-            for i, view in enumerate(self._views):
-                view.set_index(self._first + i)
-            return
-        if pos >= len(self._views):
-            self._render_turns(keep_visible=True)
-            return
-        gone = self._views.pop(pos)
-        for i in range(pos, len(self._views)):
-            self._views[i].set_index(self._first + i)
-        self._turns_box.children = tuple(self._views)
-        _dispose(gone, self._kit.ids)
-        if not self._views and self._first:
-            self.show_earlier()
-
-    # -- widget callbacks ------------------------------------------------------
-    def _guard(self, action: Callable[..., Any], *args: Any) -> None:
-        """Run a user action; any error becomes one line in the status label."""
-        try:
-            action(*args)
-        except (StoreError, persist.FileError) as exc:
-            self._say(str(exc), error=True)
-        except Exception as exc:  # no exception may escape a click handler
-            log.debug("history panel action failed", exc_info=True)
-            self._say(f"{type(exc).__name__}: {exc}", error=True)
-
-    def _index_of(self, view: _TurnView) -> int:
-        turns = self._conv().turns
-        i = view.index
-        if not (0 <= i < len(turns) and turns[i] is view.turn):
-            try:
-                i = next(j for j, t in enumerate(turns) if t is view.turn)
-            except StopIteration:
-                raise StoreError("that turn is no longer in the chat (another change removed it); "
-                                 "the panel shows the current turns") from None
-            finally:
-                self._check()
-        return i
-
-    def _on_chat_selected(self, change: dict[str, Any]) -> None:
-        if self._quiet or self._closed:
-            return
-        name = change["new"]
-        if not name or name == self.store.active_name:
-            return
-
-        def switch() -> None:
-            try:
-                self.store.switch(name)
-            except StoreError:
-                self._fill_selector()
-                raise
-            self._say(f"switched to chat {name!r}")
-
-        self._guard(switch)
-
-    def _on_model_changed(self, change: dict[str, Any]) -> None:
-        if self._quiet or self._closed:
-            return
-        model = str(change["new"] or "").strip() or None
-
-        def set_model() -> None:
-            self.store.set_model(model, chat=self._chat)
-            self._say(f"model set to {model}" if model else "model cleared: turns use the default model")
-
-        self._guard(set_model)
-
-    def _save_system(self) -> None:
-        text = self.system_text.value
-        before = self._conv().system
-        self.store.set_system(text, chat=self._chat)
-        after = self._conv().system
-        if after == before:
-            self._say("system prompt unchanged")
-        else:
-            self._say("system prompt saved" if after else "system prompt removed")
-
-    def _save_edit(self, row: _MessageRow) -> None:
-        view = row.turn_view
-        if view is None:
-            raise StoreError("this row is no longer part of the panel")
-        index = self._index_of(view)
-        new = row.text.value
-        if (view.turn.messages[row.part].get("content") or "") == new:
+        if str(turn.messages[part].get("content") or "") == text:
             self._say("no change to save")
             return
-        self.store.edit(index, new, part=row.part, chat=self._chat)
-        self._say(f"saved the edit of turn {index + 1} (undo reverts it)")
+        self.store.edit(index, text, part=part, chat=self.chat)
+        who = "your message" if turn.messages[part].get("role") == "user" else "the reply"
+        self._say(f"saved the edit of {who} in turn {index + 1}; the next cell sends it", undo=True, where=index)
 
-    def _delete(self, view: _TurnView) -> None:
-        index = self._index_of(view)
-        self.store.delete(index, chat=self._chat)
-        self._say(f"deleted turn {index + 1} (undo brings it back)")
+    def _do_delete(self, content: dict[str, Any]) -> None:
+        index = self._turn_at(content)
+        self.store.delete(index, chat=self.chat)
+        self._say(f"deleted turn {index + 1}", undo=True, where=index)
 
-    def _rewind(self, view: _TurnView) -> None:
-        index = self._index_of(view)
-        dropped = self.store.truncate(index + 1, chat=self._chat)
+    def _do_rewind(self, content: dict[str, Any]) -> None:
+        index = self._turn_at(content)
+        dropped = self.store.truncate(index + 1, chat=self.chat)
         if dropped:
-            self._say(f"rewound to turn {index + 1}: {dropped} later turn{'s' if dropped != 1 else ''} "
-                      "removed (undo brings them back)")
+            self._say(f"rewound to turn {index + 1}: {count(dropped, 'later turn')} removed", undo=True,
+                      where=index + 1)
         else:
             self._say(f"turn {index + 1} is already the last turn")
 
-    def _branch(self, view: _TurnView) -> None:
-        index = self._index_of(view)
-        source = self._chat
+    def _do_branch(self, content: dict[str, Any]) -> None:
+        index = self._turn_at(content)
+        source = self.chat
         n = 1
         while f"{source}-branch-{n}" in self.store:
             n += 1
         name = f"{source}-branch-{n}"
         self.store.fork(name, at=index + 1, chat=source)
-        self._say(f"branched {source!r} at turn {index + 1} into chat {name!r}")
+        self._say(f"branched chat {source!r} at turn {index + 1} into chat {name!r} (now shown)")
 
-    def _new_chat(self) -> None:
-        name = self.new_chat_name.value.strip()
+    def _do_undo(self, content: dict[str, Any]) -> None:
+        name = self.chat
+        what = self.undo_label or "the last change"
+        if self.store.undo(chat=name):
+            self._say(f"undid {what}")
+        else:
+            self._say("nothing to undo")
+
+    def _do_reset(self, content: dict[str, Any]) -> None:
+        removed = self.store.reset(chat=self.chat)
+        if removed:
+            self._say(f"removed {count(removed, 'turn')}", undo=True, where=0)
+        else:
+            self._say("the chat is already empty")
+
+    def _do_switch(self, content: dict[str, Any]) -> None:
+        name = str(content.get("name") or "")
+        if name and name != self.store.active_name:
+            self.store.switch(name)
+            self._say(f"switched to chat {name!r}")
+
+    def _do_new_chat(self, content: dict[str, Any]) -> None:
+        name = str(content.get("name") or "").strip()
         if not name:
             n = 2
             while f"chat-{n}" in self.store:
                 n += 1
             name = f"chat-{n}"
         self.store.create(name)
-        self._quiet += 1
-        try:
-            self.new_chat_name.value = ""
-        finally:
-            self._quiet -= 1
-        self._say(f"created chat {name!r}")
+        self._say(f"created chat {name!r} (now shown)")
 
-    def _reset(self) -> None:
-        count = self.store.reset(chat=self._chat)
-        if count:
-            self._say(f"removed {count} turn{'s' if count != 1 else ''} (undo brings them back)")
+    def _do_model(self, content: dict[str, Any]) -> None:
+        model = str(content.get("name") or "").strip() or None
+        self.store.set_model(model, chat=self.chat)
+        self._say(f"model set to {model}" if model else "model cleared: turns use the default model", undo=True)
+
+    def _do_system(self, content: dict[str, Any]) -> None:
+        text = str(content.get("text") or "")
+        before = self._conv().system
+        self.store.set_system(text, chat=self.chat)
+        after = self._conv().system
+        if after == before:
+            self._say("system prompt unchanged")
         else:
-            self._say("the chat is already empty")
+            self._say("system prompt saved" if after else "system prompt removed", undo=True)
 
-    def _undo(self) -> None:
-        name = self._chat
-        if self.store.undo(chat=name):
-            self._say(f"undid the last change to chat {name!r}")
-        else:
-            self._say("nothing to undo")
-
-    def _export(self) -> None:
+    def _do_export(self, content: dict[str, Any]) -> None:
         conv = self._conv()
-        path = self.export_path.value.strip() or f"{conv.name}.md"
+        path = str(content.get("path") or "").strip() or f"{conv.name}.md"
         target = persist.write_text(path, persist.export_markdown(conv))
-        self._say(f"exported chat {conv.name!r} ({len(conv.turns)} turns) to {target}")
+        self._say(f"exported chat {conv.name!r} ({count(len(conv.turns), 'turn')}) to {target}")
 
-    def _copy_messages(self) -> None:
-        var = self.copy_var.value.strip() or "messages"
+    def _free_name(self, base: str) -> str:
+        ns = self.namespace or {}
+        if base not in ns:
+            return base
+        n = 2
+        while f"{base}_{n}" in ns:
+            n += 1
+        return f"{base}_{n}"
+
+    def _do_copy(self, content: dict[str, Any]) -> None:
+        """Put a copy of the message list into a notebook variable; never overwrite silently."""
+        var = str(content.get("name") or "").strip() or "messages"
         if not var.isidentifier() or keyword.iskeyword(var):
             raise StoreError(f"{var!r} is not a valid variable name")
         if self.namespace is None:
             raise StoreError("this panel has no notebook namespace to copy into")
+        if var in self.namespace and not content.get("replace"):
+            kind = type(self.namespace[var]).__name__
+            self._say(f"{var} already exists (a {kind}): press Replace to overwrite it, or pick another name",
+                      error=True)
+            self._post({"kind": "confirm_copy", "name": var})
+            return
         messages = copy.deepcopy(self._conv().messages())
         self.namespace[var] = messages
-        self._say(f"copied {len(messages)} messages into {var}")
+        self._say(f"copied {count(len(messages), 'message')} into the variable {var}")
+        self.copy_name = self._free_name("messages")
+
+    def _do_search(self, content: dict[str, Any]) -> None:
+        """Turns whose messages contain the query (case-insensitive): this chat, or every chat."""
+        query = str(content.get("q") or "").strip().lower()
+        everywhere = bool(content.get("all"))
+        hits: list[dict[str, Any]] = []
+        chats = list(self.store) if everywhere else [self._conv()]
+        for conv in chats:
+            for i, turn in enumerate(conv.turns):
+                if len(hits) >= _SEARCH_HITS:
+                    break
+                for msg in turn.messages:
+                    text = str(msg.get("content") or "")
+                    at = text.lower().find(query) if query else -1
+                    if at >= 0:
+                        start = max(0, at - 40)
+                        snippet = ("…" if start else "") + _one_line(text[start:at + len(query) + 80], 160)
+                        hits.append({"chat": conv.name, "index": i, "role": msg.get("role"), "text": snippet})
+                        break
+        self._post({"kind": "hits", "req": content.get("req"), "q": query, "all": everywhere, "hits": hits,
+                    "more": len(hits) >= _SEARCH_HITS})
+
+    def _do_gone(self, content: dict[str, Any]) -> None:
+        """The front end has no view left (its output was cleared): retire."""
+        self.close()
 
 
-def _call_text(call: Any) -> str:
-    try:
-        fn = call.get("function", {}) if isinstance(call, dict) else {}
-        args = json.dumps(fn.get("arguments"), ensure_ascii=False)
-        return _one_line(f"{fn.get('name')}({args})", 120)
-    except Exception:
-        return "?"
+_TURN_EVENTS = frozenset({"turn_added", "turn_replaced", "truncated"})
 
 
-def _thumbnail(data: Any, kit: _Kit) -> w.Widget:
-    """An Image for a base64 image (bytes pass through), or a note when unreadable."""
-    try:
-        raw = bytes(data) if isinstance(data, (bytes, bytearray)) else base64.b64decode(str(data), validate=True)
-    except (binascii.Error, ValueError, TypeError):
-        raw = b""
-    kind = image_kind(raw) if raw else None
-    if kind is None:
-        return w.HTML(f'<span style="{_MUTED}">(unreadable image)</span>', layout=kit.auto,
-                      style=kit.html_style)
-    return w.Image(value=raw, format=kind.lower(), layout=kit.thumb)
+def _describe(event: Event) -> str:
+    """What undoing `event` undoes, in words."""
+    i = (event.index or 0) + 1
+    return {
+        "turn_added": f"the new turn {i}",
+        "turn_replaced": f"the re-run of turn {i}",
+        "truncated": f"the rewind that removed {count(event.count, 'turn')}",
+        "edited": f"the edit of turn {i}",
+        "deleted": f"deleting turn {i}",
+        "reset": f"the reset that removed {count(event.count, 'turn')}",
+        "system": "the system prompt change",
+        "model": "the model change",
+        "options": "the options change",
+        "restored": "the load",
+    }.get(event.kind, "")

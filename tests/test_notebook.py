@@ -334,6 +334,68 @@ def test_history_in_a_terminal_is_a_transcript(shell, ollama_server, capsys):
     assert "## 1. User" in out and "hello" in out
 
 
+def test_history_in_a_terminal_takes_last_and_chat(shell, ollama_server, capsys):
+    for q in ("one", "two", "three"):
+        run(shell, f"%%ollama\n{q}")
+    run(shell, "%%ollama -c side\nelsewhere")
+    run(shell, "%ollama chat default")
+    capsys.readouterr()
+    shell.run_line_magic("ollama", "history --last 1")
+    out = capsys.readouterr().out
+    assert "## 3. User" in out and "three" in out and "## 2. User" not in out
+    assert "(2 earlier turns not shown)" in out
+    shell.run_line_magic("ollama", "history --chat side")
+    out = capsys.readouterr().out
+    assert out.startswith("# side") and "elsewhere" in out and "three" not in out
+    res = run(shell, "%ollama history --last 0")
+    assert isinstance(res.error_in_exec, UsageError) and "--last" in str(res.error_in_exec)
+    res = run(shell, "%ollama history --chat nope")
+    assert isinstance(res.error_in_exec, UsageError) and "no chat named 'nope'" in str(res.error_in_exec)
+    res = run(shell, "%ollama history --bogus")
+    assert isinstance(res.error_in_exec, UsageError)
+
+
+def test_rerunning_history_retires_the_old_panel(nb_shell, ollama_server):
+    run(nb_shell, "%%ollama\nhello", cell_id="ask")
+    magics = magics_of(nb_shell)
+    store = magics.store
+    made = []
+    for _ in range(7):
+        run(nb_shell, "%ollama history", cell_id="hist")
+        made.append(nb_shell.user_ns["_"])
+    assert all(type(p).__name__ == "HistoryPanel" for p in made)
+    assert store.listener_count == 1 and store.stream_listener_count == 1  # seven re-runs cost one panel
+    assert [p.closed for p in made] == [True] * 6 + [False]
+    assert made[-1].comm is not None and all(p.comm is None for p in made[:-1])  # old widgets closed
+    run(nb_shell, "other = %ollama history", cell_id="hist2")  # another cell's panel lives beside it
+    other = nb_shell.user_ns["other"]
+    assert store.listener_count == 2 and not made[-1].closed
+    run(nb_shell, "%%ollama\nagain", cell_id="ask2")
+    assert made[-1].total == other.total == 2
+    other.receive({"do": "gone"})  # its output was cleared in the browser
+    assert store.listener_count == 1
+
+
+def test_an_open_panel_shows_the_reply_growing_throttled(nb_shell, ollama_server):
+    run(nb_shell, "%%ollama\nfirst")
+    panel = nb_shell.run_line_magic("ollama", "history")
+    nb_shell.run_line_magic("config", "OllamaMagics.display_rate = 10")
+    ollama_server.token_delay = 0.02
+    words = " ".join(f"w{i}" for i in range(30))
+    assert run(nb_shell, f"%%ollama\n{words}").success
+    live = [m for m in panel.sent if m.get("kind") == "live"]
+    assert live[0]["start"] and live[0]["index"] == 1 and words in live[0]["user"]
+    assert live[-1] == {"kind": "live", "end": True}
+    streamed = "".join(m.get("text", "") for m in live)
+    reply = magics_of(nb_shell).store.active.turns[-1].reply["content"]
+    assert streamed and reply.startswith(streamed)  # each piece once, in order
+    # ~36 chunks over ~0.7 s at 10 updates a second: a handful of messages, not one per token
+    assert 3 <= len(live) <= 14, len(live)
+    kinds = [m.get("kind") for m in panel.sent]
+    assert kinds.index("append") > max(i for i, k in enumerate(kinds) if k == "live")
+    assert panel.total == 2
+
+
 def test_models_lists_the_server(shell, ollama_server, capsys):
     shell.run_line_magic("ollama", "models")
     out = capsys.readouterr().out
@@ -370,7 +432,7 @@ def test_history_panel_in_a_notebook_and_unload_closes_it(nb_shell, ollama_serve
     assert type(panel).__name__ == "HistoryPanel"
     assert magics.store.listener_count == before + 1
     run(nb_shell, "%%ollama\nagain")
-    assert len(panel.rows) == 4  # the open panel followed the new turn
+    assert len(panel.rows()) == 2 and panel.total == 2  # the open panel followed the new turn
     nb_shell.run_line_magic("unload_ext", "ollama_magic")
     assert magics.store.listener_count == 0
     nb_shell.run_line_magic("load_ext", "ollama_magic")

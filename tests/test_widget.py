@@ -1,32 +1,66 @@
 """Tests for ollama_magic.widget.HistoryPanel, without a browser.
 
-The panel is driven the way a frontend would drive it: by setting widget
-traits (text area values, dropdown values) and clicking buttons.
+The panel is one anywidget whose front end talks to it with custom messages.
+These tests drive it as that front end does: `panel.receive({...})` for a
+button, an edit or a page request (one test goes through ipywidgets' own
+custom-message entry point), and they read what the panel sends back from a
+recording comm that stands in for the kernel's: every `comm_open`, state
+update and custom message with its size in bytes. `Front` is a small model of
+panel.js (it applies the same messages to its list of shown turns), so the
+property test can check that what a browser would show mirrors the store.
 """
 
 from __future__ import annotations
 
 import base64
+import html as html_lib
+import json
+import re
 import subprocess
-from html.parser import HTMLParser
 import sys
 from collections.abc import Iterator
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-import ipywidgets as w
+import comm as comm_pkg
 import pytest
+from comm import DummyComm
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ollama_magic.store import ConversationStore, StoreError, Turn, TurnMeta
-from ollama_magic.widget import HistoryPanel
+from ollama_magic.store import ConversationStore, Turn, TurnMeta
+from ollama_magic.widget import HistoryPanel, count, model_names, transcript_html, transcript_text
 
 # A 1x1 PNG.
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 )
-HOSTILE = ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>"]
+HOSTILE = ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "[x](javascript:alert(1))",
+           "<style>body{display:none}</style>", "$<img src=x onerror=alert(2)>$"]
+_LIVE_TAGS = {"script", "img", "iframe", "style", "object", "embed", "link", "meta", "svg", "math", "form"}
+
+
+class _Elements(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bad: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _LIVE_TAGS:
+            self.bad.append(tag)
+        for name, value in attrs:
+            if name.startswith("on") or name in ("style", "src", "srcset") or (
+                    value and re.match(r"\s*(javascript|vbscript|data):", value, re.IGNORECASE)):
+                self.bad.append(f"{tag} {name}={value}")
+
+
+def live_elements(fragment: str) -> list[str]:
+    """Elements or attributes of an HTML fragment that could run, fetch or restyle."""
+    parser = _Elements()
+    parser.feed(fragment)
+    parser.close()
+    return parser.bad
 
 
 def make_turn(i: int, *, cell: str | None = None, model: str = "llama3.2", prompt: int | None = None,
@@ -34,9 +68,9 @@ def make_turn(i: int, *, cell: str | None = None, model: str = "llama3.2", promp
               answer: str | None = None, **reply_extra: Any) -> Turn:
     user = {"role": "user", "content": question if question is not None else f"question {i}"}
     reply = {"role": "assistant", "content": answer if answer is not None else f"answer {i}", **reply_extra}
-    meta = TurnMeta(cell_id=cell if cell is not None else f"cell-{i:04d}-abcdef", model=model,
+    meta = TurnMeta(cell_id=cell if cell is not None else f"cell-{i:04d}-abcdef-0123456789", model=model,
                     prompt_eval_count=prompt if prompt is not None else 20 * (i + 1),
-                    eval_count=tokens, status=status)  # type: ignore[arg-type]
+                    eval_count=tokens, status=status, total_duration=1_500_000_000)  # type: ignore[arg-type]
     return Turn((user, reply), meta)
 
 
@@ -47,16 +81,51 @@ def filled(n: int, **kw: Any) -> ConversationStore:
     return store
 
 
-def walk(widget: w.Widget) -> Iterator[w.Widget]:
-    stack = [widget]
-    while stack:
-        x = stack.pop()
-        yield x
-        stack.extend(getattr(x, "children", ()) or ())
+# -- the wire: a recording comm in place of the kernel's ------------------------------------
+class Wire:
+    """Every widget message that would go to the frontend, with its size."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, str, dict[str, Any], int]] = []  # (comm id, msg type, data, bytes)
+        self.listeners: list[Any] = []
+
+    def record(self, comm_id: str, msg_type: str, data: Any, buffers: Any) -> None:
+        size = len(json.dumps(data, default=str)) + sum(len(b) for b in buffers or [])
+        self.log.append((comm_id, msg_type, data or {}, size))
+        for listener in list(self.listeners):
+            listener(comm_id, msg_type, data or {})
+
+    def mark(self) -> int:
+        return len(self.log)
+
+    def since(self, mark: int) -> list[tuple[str, str, dict[str, Any], int]]:
+        return self.log[mark:]
+
+    def bytes_since(self, mark: int) -> int:
+        return sum(size for *_, size in self.since(mark))
+
+    def opened(self, mark: int = 0) -> int:
+        return sum(1 for _, kind, _, _ in self.since(mark) if kind == "comm_open")
+
+    def closed(self, mark: int = 0) -> set[str]:
+        return {cid for cid, kind, _, _ in self.since(mark) if kind == "comm_close"}
+
+    def custom(self, mark: int = 0) -> list[dict[str, Any]]:
+        return [d["content"] for _, kind, d, _ in self.since(mark)
+                if kind == "comm_msg" and d.get("method") == "custom"]
 
 
-def texts(panel: HistoryPanel) -> list[str]:
-    return [row.text.value for row in panel.rows]
+@pytest.fixture
+def wire(monkeypatch: pytest.MonkeyPatch) -> Wire:
+    rec = Wire()
+
+    class RecordingComm(DummyComm):
+        def publish_msg(self, msg_type: str, data: Any = None, metadata: Any = None, buffers: Any = None,
+                        **keys: Any) -> None:
+            rec.record(self.comm_id, msg_type, data, buffers)
+
+    monkeypatch.setattr(comm_pkg, "create_comm", lambda *a, **k: RecordingComm(*a, **k))
+    return rec
 
 
 @pytest.fixture
@@ -74,25 +143,119 @@ def open_panel(panels: list[HistoryPanel], store: ConversationStore, **kw: Any) 
     return panel
 
 
-# -- building -------------------------------------------------------------------
+def last(panel: HistoryPanel, kind: str) -> dict[str, Any]:
+    for msg in reversed(panel.sent):
+        if msg.get("kind") == kind:
+            return msg
+    raise AssertionError(f"no {kind!r} message sent; sent: {[m.get('kind') for m in panel.sent]}")
 
-def test_one_row_per_message_with_role_model_tokens_cell(panels):
+
+def page(panel: HistoryPanel, **kw: Any) -> list[dict[str, Any]]:
+    panel.receive({"do": "page", "req": "t", **kw})
+    return last(panel, "rows")["rows"]
+
+
+def row_of(panel: HistoryPanel, index: int) -> dict[str, Any]:
+    return next(r for r in panel.rows(index + 1, 1))
+
+
+def act(panel: HistoryPanel, do: str, index: int, **kw: Any) -> None:
+    panel.receive({"do": do, "index": index, "key": row_of(panel, index)["key"], **kw})
+
+
+def edit(panel: HistoryPanel, index: int, part: int, text: str) -> None:
+    act(panel, "save", index, part=part, text=text)
+
+
+def contents(rows: list[dict[str, Any]]) -> list[str]:
+    return [html_lib.unescape(re.sub(r"<[^>]+>", "", m["html"])).strip() for r in rows for m in r["messages"]]
+
+
+# -- a model of panel.js ---------------------------------------------------------------------
+class Front:
+    """Applies the panel's messages as panel.js does, to a list of shown rows."""
+
+    def __init__(self, panel: HistoryPanel, wire: Wire) -> None:
+        self.panel = panel
+        self.rows: list[dict[str, Any]] = []
+        self.reloads = 0
+        self.comm_id = panel.comm.comm_id
+        wire.listeners.append(self.on_wire)
+        self.load_last()
+
+    def load_last(self) -> None:
+        self.reloads += 1
+        self.panel.receive({"do": "page", "req": "front"})
+
+    def on_wire(self, comm_id: str, kind: str, data: dict[str, Any]) -> None:
+        if comm_id != self.comm_id or kind != "comm_msg":
+            return
+        if data.get("method") == "update" and "version" in data.get("state", {}):
+            self.load_last()
+        if data.get("method") != "custom":
+            return
+        msg = data["content"]
+        kind = msg.get("kind")
+        if msg.get("req") == "front":
+            self.rows = list(msg["rows"])
+        elif kind == "append":
+            if not self.rows or self.rows[-1]["index"] == msg["row"]["index"] - 1:
+                self.rows.append(msg["row"])
+                del self.rows[:-self.panel.page]
+        elif kind == "replace":
+            self.rows = [msg["row"] if r["index"] == msg["row"]["index"] else r for r in self.rows]
+        elif kind == "deleted":
+            self.rows = [dict(r, index=r["index"] - (r["index"] > msg["index"])) for r in self.rows
+                         if r["index"] != msg["index"]]
+            if not self.rows and msg["total"]:
+                self.load_last()
+        elif kind == "truncated":
+            self.rows = [r for r in self.rows if r["index"] < msg["keep"]]
+            if not self.rows and msg["total"]:
+                self.load_last()
+
+
+# -- building ---------------------------------------------------------------------------------
+
+def test_rows_render_messages_roles_and_metadata(panels):
     store = filled(3)
     panel = open_panel(panels, store)
-    assert panel.rows_built == 6
-    assert texts(panel) == ["question 0", "answer 0", "question 1", "answer 1", "question 2", "answer 2"]
-    assert [row.part for row in panel.rows] == [0, 1] * 3
-    reply = panel.rows[1]
-    assert "llama3.2" in reply.info.value
-    assert "10 tokens" in reply.info.value
-    assert "cell cell-000" in reply.info.value and "cell-0000-abcdef" not in reply.info.value
-    assert "prompt 20 tokens" in panel.rows[0].info.value
-    assert [v.index for v in panel.turn_views] == [0, 1, 2]
-    assert "Turn 3" in panel.turn_views[2].title.value
-    assert panel.header.value.startswith("3 turns · 30 tokens generated")
+    rows = page(panel)
+    assert [r["index"] for r in rows] == [0, 1, 2]
+    assert contents(rows) == ["question 0", "answer 0", "question 1", "answer 1", "question 2", "answer 2"]
+    assert [m["role"] for m in rows[0]["messages"]] == ["user", "assistant"]
+    meta = rows[1]["meta"]
+    assert meta["model"] == "llama3.2" and meta["tokens"] == 10 and meta["prompt"] == 40
+    assert meta["cell"] == "cell-0001-abcdef-0123456789"  # the whole cell id, not cut short
+    assert meta["seconds"] == 1.5 and meta["status"] == "ok" and not meta["edited"]
+    assert panel.header.startswith("3 turns · 30 tokens generated · context 70 / 4,096")
+    assert panel.total == 3 and panel.chat == "default"
 
 
-def test_tool_exchange_gets_a_row_per_message_and_each_is_editable(panels):
+def test_markdown_is_rendered_not_shown_raw(panels):
+    store = ConversationStore()
+    store.commit(make_turn(0, answer="Some **bold** text and `code`.\n\n- one\n- two"))
+    panel = open_panel(panels, store)
+    html = page(panel)[0]["messages"][1]["html"]
+    assert "**" not in html or "<strong>" in html  # rendered once safe.py's renderer is in
+    assert "bold" in html
+
+
+def test_counts_are_worded_right(panels):
+    assert count(1, "turn") == "1 turn" and count(2, "turn") == "2 turns" and count(1000, "turn") == "1,000 turns"
+    assert count(1, "match", "matches") == "1 match"
+    store = filled(1)
+    panel = open_panel(panels, store)
+    assert panel.header.startswith("1 turn · 10 tokens generated")
+    panel.namespace = {}
+    panel.receive({"do": "copy", "name": "one"})
+    assert panel.status_text == "copied 2 messages into the variable one"
+    store.reset()
+    store.commit(Turn(({"role": "user", "content": "q"}, {"role": "assistant", "content": "a", }), TurnMeta(eval_count=1)))
+    assert panel.header.startswith("1 turn · 1 token generated")
+
+
+def test_tool_exchange_is_grouped_and_each_message_is_editable(panels):
     store = ConversationStore()
     call = {"function": {"name": "add", "arguments": {"a": 1, "b": 2}}}
     msgs = (
@@ -103,580 +266,571 @@ def test_tool_exchange_gets_a_row_per_message_and_each_is_editable(panels):
     )
     store.commit(Turn(msgs, TurnMeta(cell_id="c1", model="m")))
     panel = open_panel(panels, store)
-    assert panel.rows_built == 4
-    assert "calls add(" in panel.rows[1].info.value
-    tool_row = panel.rows[2]
-    tool_row.text.value = "three"
-    tool_row.save_button.click()
+    (row,) = page(panel)
+    parts = row["messages"]
+    assert [m["role"] for m in parts] == ["user", "assistant", "tool", "assistant"]
+    assert parts[1]["calls"] == ['add({"a": 1, "b": 2})']
+    assert parts[2]["tool"] == "add"
+    edit(panel, 0, 2, "three")
     assert store.active.turns[0].messages[2]["content"] == "three"
     assert store.active.history()[2] == {"role": "tool", "content": "three", "tool_name": "add"}
     depth = store.undo_depth()
-    panel.rows[1].save_button.click()  # empty content, unchanged: no undo step
+    edit(panel, 0, 1, "")  # empty content, unchanged: no undo step
     assert store.undo_depth() == depth and "no change" in panel.status_text
 
 
-def test_thinking_is_collapsed_and_interrupted_is_marked(panels):
+def test_thinking_is_sent_apart_and_interrupted_is_marked(panels):
     store = ConversationStore()
-    store.commit(make_turn(0, thinking="let me think", status="interrupted"))
+    store.commit(make_turn(0, thinking="let me *think*", status="interrupted"))
     panel = open_panel(panels, store)
-    reply = panel.rows[1]
-    assert reply.thinking is not None
-    assert reply.thinking.selected_index is None  # collapsed
-    assert reply.thinking.children[0].value == "let me think"
-    assert reply.interrupted and "⚠ interrupted" in reply.info.value
-    assert not panel.rows[0].interrupted and "interrupted" not in panel.rows[0].info.value
+    (row,) = page(panel)
+    reply = row["messages"][1]
+    assert "think" in reply["thinking"] and "let me" not in reply["html"]  # drawn collapsed, apart
+    assert row["meta"]["status"] == "interrupted"
+    assert "thinking" not in row["messages"][0]
 
 
-def test_textarea_rows_follow_content(panels):
-    store = ConversationStore()
-    store.commit(make_turn(0, question="one line", answer="\n".join(["x"] * 40)))
-    panel = open_panel(panels, store)
-    assert panel.rows[0].text.rows == 1
-    assert panel.rows[1].text.rows == 12
-
-
-def test_image_thumbnails(panels):
+def test_images_become_checked_data_urls(panels):
     store = ConversationStore()
     user = {"role": "user", "content": "what is this?",
-            "images": [base64.b64encode(PNG).decode(), "not base64 at all!"]}
+            "images": [base64.b64encode(PNG).decode(), "not base64 at all!", base64.b64encode(b"<svg onload=x>").decode()]}
     store.commit(Turn((user, {"role": "assistant", "content": "a pixel"}), TurnMeta()))
     panel = open_panel(panels, store)
-    row = panel.rows[0]
-    assert len(row.images) == 1
-    img = row.images[0]
-    assert isinstance(img, w.Image)
-    assert img.value == PNG and img.format == "png"
-    assert img.layout.max_height == "96px"
-    notes = [x.value for x in walk(row) if isinstance(x, w.HTML)]
-    assert any("(unreadable image)" in n for n in notes)
-    assert panel.rows[1].images == []
+    msg = page(panel)[0]["messages"][0]
+    assert msg["images"] == ["data:image/png;base64," + base64.b64encode(PNG).decode()]
+    assert msg["unreadable"] == 2  # neither text nor an SVG becomes an image
 
 
-# -- editing ----------------------------------------------------------------------
+# -- editing ------------------------------------------------------------------------------------
 
-def test_edit_message_reaches_history(panels):
+def test_edit_control_gets_the_source_and_save_reaches_history(panels):
     store = filled(2)
     panel = open_panel(panels, store)
-    panel.rows[3].text.value = "a better answer"
-    panel.rows[3].save_button.click()
+    act(panel, "source", 1, part=-1, req="e1")
+    src = last(panel, "source")
+    assert src["text"] == "answer 1" and src["req"] == "e1"
+    edit(panel, 1, -1, "a better answer")
     assert store.active.history()[3] == {"role": "assistant", "content": "a better answer"}
-    panel.rows[0].text.value = "a better question"
-    panel.rows[0].save_button.click()
+    replaced = last(panel, "replace")
+    assert replaced["row"]["index"] == 1 and replaced["row"]["meta"]["edited"]
+    assert "a better answer" in replaced["row"]["messages"][1]["html"]
+    edit(panel, 0, 0, "a better question")
     assert store.active.history()[0] == {"role": "user", "content": "a better question"}
     assert store.active.turns[0].meta.edited
-    assert "edited" in panel.turn_views[0].title.value
-    assert texts(panel)[0] == "a better question"
+    assert panel.status_text.startswith("saved the edit of your message in turn 1")
+    assert panel.status["undo"] and panel.undo_label == "the edit of turn 1"
 
 
 def test_save_without_change_is_a_no_op(panels):
     store = filled(1)
     panel = open_panel(panels, store)
     depth = store.undo_depth()
-    panel.rows[1].save_button.click()
+    edit(panel, 0, 1, "answer 0")
     assert store.undo_depth() == depth
     assert "no change" in panel.status_text
 
 
-def test_edit_rebuilds_only_that_turn(panels):
+def test_a_stale_turn_is_reported_not_raised(panels):
     store = filled(3)
     panel = open_panel(panels, store)
-    before = panel.rows
-    built = panel.rows_built
-    panel.rows[2].text.value = "edited"
-    panel.rows[2].save_button.click()
-    after = panel.rows
-    assert panel.rows_built == built + 2
-    assert after[0] is before[0] and after[1] is before[1]
-    assert after[4] is before[4] and after[5] is before[5]
-    assert after[2] is not before[2]
+    key = row_of(panel, 1)["key"]
+    store.edit(1, "changed elsewhere", part=0)  # a new Turn: the old key names nothing
+    version = panel.version
+    panel.receive({"do": "save", "index": 1, "key": key, "part": 0, "text": "mine"})
+    assert panel.status["error"] and "changed or is gone" in panel.status_text
+    assert panel.version == version + 1  # the front end fetches the current turns
+    assert store.active.turns[1].user["content"] == "changed elsewhere"
+    moved = row_of(panel, 2)["key"]
+    store.delete(0)  # the key still finds its turn at its new index
+    panel.receive({"do": "save", "index": 2, "key": moved, "part": 0, "text": "found"})
+    assert store.active.turns[1].user["content"] == "found"
 
 
-def test_delete_turn(panels):
+def test_delete_is_undoable_right_there_and_undo_says_what(panels):
     store = filled(3)
     panel = open_panel(panels, store)
-    keep = panel.turn_views[2]
-    panel.turn_views[1].delete_button.click()
+    act(panel, "delete", 1)
     assert [t.user["content"] for t in store.active.turns] == ["question 0", "question 2"]
-    assert texts(panel) == ["question 0", "answer 0", "question 2", "answer 2"]
-    assert panel.turn_views[1] is keep and keep.index == 1
-    assert "Turn 2<" in keep.title.value
-    assert "deleted turn 2" in panel.status_text
+    assert last(panel, "deleted") == {"kind": "deleted", "index": 1, "total": 2}
+    assert panel.status["undo"] and panel.status["where"] == 1  # the notice goes where the turn was
+    assert panel.status_text == "deleted turn 2"
+    assert panel.undo_label == "deleting turn 2"
+    panel.receive({"do": "undo"})
+    assert len(store.active.turns) == 3
+    assert panel.status_text == "undid deleting turn 2"
 
 
-def test_rewind_then_undo_restores(panels):
+def test_rewind_then_undo_restores(panels, wire):
     store = filled(4)
     panel = open_panel(panels, store)
-    first = panel.turn_views[0]
-    panel.turn_views[1].rewind_button.click()
+    front = Front(panel, wire)
+    act(panel, "rewind", 1)
     assert len(store.active.turns) == 2
-    assert len(panel.rows) == 4
-    assert panel.turn_views[0] is first
-    panel.undo_button.click()
-    assert len(store.active.turns) == 4
-    assert texts(panel) == [f"{k} {i}" for i in range(4) for k in ("question", "answer")]
-    assert panel.turn_views[0] is first  # unchanged turns keep their widgets
+    assert last(panel, "truncated")["keep"] == 2
+    assert [r["index"] for r in front.rows] == [0, 1]
+    assert panel.status_text == "rewound to turn 2: 2 later turns removed" and panel.status["undo"]
+    panel.receive({"do": "undo"})
+    assert panel.status_text == "undid the rewind that removed 2 turns"
+    assert len(store.active.turns) == 4 and [r["index"] for r in front.rows] == [0, 1, 2, 3]
+    act(panel, "rewind", 3)
+    assert "already the last turn" in panel.status_text
 
 
 def test_branch_from_here(panels):
     store = filled(3)
     panel = open_panel(panels, store)
-    panel.turn_views[1].branch_button.click()
-    assert store.active_name == "default-branch-1"
-    assert len(store.active.turns) == 2
+    act(panel, "branch", 1)
+    assert store.active_name == "default-branch-1" and len(store.active.turns) == 2
     assert panel.chat == "default-branch-1"
-    assert panel.chat_selector.value == "default-branch-1"
-    assert "default-branch-1" in panel.chat_selector.options
-    assert len(panel.rows) == 4
-    panel.chat_selector.value = "default"
-    panel.turn_views[0].branch_button.click()
-    assert store.active_name == "default-branch-2"
-    assert len(store.active.turns) == 1
+    assert [c["name"] for c in panel.chats] == ["default", "default-branch-1"]
+    assert len(panel.rows()) == 2
+    panel.receive({"do": "switch", "name": "default"})
+    act(panel, "branch", 0)
+    assert store.active_name == "default-branch-2" and len(store.active.turns) == 1
     assert len(store.get("default").turns) == 3
 
 
 def test_system_prompt(panels):
     store = filled(1)
     panel = open_panel(panels, store)
-    panel.system_text.value = "Be brief."
-    panel.system_save.click()
+    panel.receive({"do": "system", "text": "Be brief."})
     assert store.active.history()[0] == {"role": "system", "content": "Be brief."}
+    assert panel.status_text == "system prompt saved"
     store.set_system("Be verbose.")
-    assert panel.system_text.value == "Be verbose."
-    panel.system_text.value = ""
-    panel.system_save.click()
-    assert store.active.system is None
+    assert panel.system == "Be verbose."
+    panel.receive({"do": "system", "text": ""})
+    assert store.active.system is None and panel.system == ""
     assert store.active.history()[0]["role"] == "user"
+    panel.receive({"do": "system", "text": ""})
+    assert panel.status_text == "system prompt unchanged"
 
 
-def test_reset_and_undo_buttons(panels):
-    store = filled(3)
-    panel = open_panel(panels, store)
-    panel.reset_button.click()
-    assert store.active.turns == [] and panel.rows == []
-    assert panel.header.value.startswith("0 turns")
-    panel.undo_button.click()
-    assert len(store.active.turns) == 3 and len(panel.rows) == 6
-    while store.can_undo():
-        panel.undo_button.click()
-    assert panel.undo_button.disabled
-    panel.undo_button.click()  # nothing to undo: says so, no exception
-    assert "nothing to undo" in panel.status_text
-
-
-def test_undo_shares_the_store_stack(panels):
+def test_reset_and_undo(panels):
     store = filled(2)
     panel = open_panel(panels, store)
-    store.truncate(1)  # e.g. %ollama magic or another panel
-    assert len(panel.rows) == 2
-    panel.undo_button.click()
-    assert len(store.active.turns) == 2 and len(panel.rows) == 4
+    panel.receive({"do": "reset"})
+    assert store.active.turns == [] and panel.total == 0
+    assert panel.status_text == "removed 2 turns" and panel.status["undo"]
+    assert last(panel, "truncated") == {"kind": "truncated", "keep": 0, "total": 0}
+    assert panel.header.startswith("0 turns")
+    panel.receive({"do": "undo"})
+    assert len(store.active.turns) == 2 and panel.status_text == "undid the reset that removed 2 turns"
+    panel.receive({"do": "reset"})
+    panel.receive({"do": "reset"})
+    assert panel.status_text == "the chat is already empty"
 
 
-# -- chats and models -----------------------------------------------------------
+def test_undo_shares_the_store_stack_and_names_outside_changes(panels):
+    store = filled(2)
+    panel = open_panel(panels, store)
+    assert panel.undo_label == "the last change to chat 'default'"  # made before the panel opened
+    store.commit(make_turn(2))  # a cell ran
+    assert panel.undo_label == "the new turn 3"
+    store.commit(make_turn(3, cell="cell-0001-abcdef-0123456789"))  # an earlier cell re-run: rewinds
+    assert panel.undo_label == "the re-run of turn 2"
+    panel.receive({"do": "undo"})
+    assert panel.status_text == "undid the re-run of turn 2" and len(store.active.turns) == 3
+    while store.can_undo():
+        store.undo()
+    assert panel.undo_label == ""
+    panel.receive({"do": "undo"})
+    assert panel.status_text == "nothing to undo"
 
-def test_chat_switch_via_selector(panels):
+
+def test_chat_selector_lists_turns_and_last_change(panels):
     store = filled(2)
     store.create("other", switch=False)
-    store.commit(make_turn(9, question="other question"), chat="other")
     panel = open_panel(panels, store)
-    assert set(panel.chat_selector.options) == {"default", "other"}
-    panel.chat_selector.value = "other"
-    assert store.active_name == "other"
-    assert texts(panel) == ["other question", "answer 9"]
-    store.switch("default")
-    assert panel.chat_selector.value == "default"
-    assert len(panel.rows) == 4
+    chats = {c["name"]: c for c in panel.chats}
+    assert chats["default"]["turns"] == 2 and chats["other"]["turns"] == 0
+    assert chats["default"]["changed"] >= store.active.turns[-1].meta.created
+    version = panel.version
+    panel.receive({"do": "switch", "name": "other"})
+    assert store.active_name == "other" and panel.chat == "other" and panel.version == version + 1
+    assert panel.rows() == [] and panel.header.startswith("0 turns")
+    before = chats["default"]["changed"]
+    store.commit(make_turn(9), chat="default")
+    after = {c["name"]: c for c in panel.chats}["default"]
+    assert after["turns"] == 3 and after["changed"] >= before
+    panel.receive({"do": "switch", "name": "nope"})
+    assert panel.status["error"] and "no chat named 'nope'" in panel.status_text
 
 
-def test_new_chat_button(panels):
+def test_new_chat(panels):
     store = filled(1)
     panel = open_panel(panels, store)
-    panel.new_chat_name.value = "ideas"
-    panel.new_chat_button.click()
-    assert store.active_name == "ideas"
-    assert panel.chat == "ideas" and panel.rows == []
-    assert "ideas" in panel.chat_selector.options
-    assert panel.new_chat_name.value == ""
-    panel.new_chat_name.value = "ideas"
-    panel.new_chat_button.click()  # exists already: an error line, no exception
-    assert panel.status_text.startswith("⚠") and "exists already" in panel.status_text
-    panel.new_chat_name.value = "two words"
-    panel.new_chat_button.click()
-    assert "one word" in panel.status_text
-    assert "\n" not in panel.status_text
+    panel.receive({"do": "new_chat", "name": "side"})
+    assert store.active_name == "side" and panel.chat == "side"
+    assert store.active.model == "llama3.2"
+    panel.receive({"do": "new_chat", "name": ""})
+    assert store.active_name == "chat-2"
+    panel.receive({"do": "new_chat", "name": "side"})
+    assert panel.status["error"] and "exists already" in panel.status_text
 
 
-def test_other_chat_events_only_touch_selector(panels):
+def test_other_chat_events_only_touch_the_chat_list(panels, wire):
     store = filled(2)
+    store.create("b", switch=False)
     panel = open_panel(panels, store)
-    rows, built = panel.rows, panel.rows_built
-    store.create("side", switch=False)
-    store.commit(make_turn(5), chat="side")
-    store.edit(0, "changed", chat="side")
-    store.reset(chat="side")
-    assert panel.rows == rows and panel.rows_built == built
-    assert "side" in panel.chat_selector.options
-    store.remove("side")
-    assert "side" not in panel.chat_selector.options
-    assert panel.chat_selector.value == "default"
+    mark = wire.mark()
+    store.commit(make_turn(5), chat="b")
+    assert wire.custom(mark) == []  # no row went out
+    assert {c["name"]: c["turns"] for c in panel.chats}["b"] == 1
+    assert panel.total == 2
 
 
 def test_removing_the_shown_chat_follows_the_store(panels):
     store = filled(1)
-    store.create("gone")
+    store.create("b")
     panel = open_panel(panels, store)
-    assert panel.chat == "gone"
-    store.remove("gone")
-    assert panel.chat == store.active_name == "default"
-    assert len(panel.rows) == 2
+    assert panel.chat == "b"
+    store.remove("b")
+    assert panel.chat == "default" and [c["name"] for c in panel.chats] == ["default"]
 
 
-def test_model_dropdown_when_models_are_known(panels):
+def test_model_selector_lists_each_model_once(panels):
+    assert model_names(["llama3.2:latest", "llama3.2", "qwen3:8b", "qwen3:latest"]) == ["llama3.2", "qwen3:8b", "qwen3"]
     store = filled(1)
-    panel = open_panel(panels, store, list_models=lambda: ["qwen3", "gemma3"], default_model=lambda: "qwen3")
-    field = panel.model_field
-    assert isinstance(field, w.Dropdown)
-    values = [v for _, v in field.options]
-    assert {"qwen3", "gemma3", "llama3.2"} <= set(values)  # installed plus the current one
-    assert field.value == "llama3.2"
-    field.value = "gemma3"
-    assert store.active.model == "gemma3"
-    store.set_model("qwen3")
-    assert field.value == "qwen3"
-    field.value = ""  # the "(default: ...)" entry
-    assert store.active.model is None
+    panel = open_panel(panels, store, list_models=lambda: ["llama3.2:latest", "qwen3:latest", "llama3.2"])
+    assert panel.models == ["llama3.2", "qwen3"]
+    assert panel.model == "llama3.2"
+    panel.receive({"do": "model", "name": "qwen3"})
+    assert store.active.model == "qwen3" and panel.status_text == "model set to qwen3"
+    store.set_model("llama3.2")
+    assert panel.model == "llama3.2"
+    panel.receive({"do": "model", "name": ""})
+    assert store.active.model is None and "default model" in panel.status_text
 
 
-def test_model_change_keeps_an_unsaved_system_edit(panels):
-    store = filled(1)
-    panel = open_panel(panels, store)
-    panel.system_text.value = "half typed"
-    store.set_model("other")
-    store.commit(make_turn(1))
-    assert panel.system_text.value == "half typed"
-
-
-def test_model_text_when_server_unknown(panels):
+def test_model_is_free_text_when_the_server_is_unknown(panels):
     store = filled(1)
     panel = open_panel(panels, store, list_models=lambda: None)
-    field = panel.model_field
-    assert isinstance(field, w.Text) and not isinstance(field, w.Dropdown)
-    assert field.value == "llama3.2"
-    field.value = "mistral"
-    assert store.active.model == "mistral"
-    store.set_model("phi4")
-    assert field.value == "phi4"
+    assert panel.models is None
 
-
-def test_list_models_failure_falls_back_to_text(panels):
     def broken() -> list[str]:
-        raise ConnectionError("no server")
+        raise ConnectionError("down")
 
-    panel = open_panel(panels, filled(0), list_models=broken)
-    assert isinstance(panel.model_field, w.Text)
+    panel2 = open_panel(panels, store, list_models=broken)
+    assert panel2.models is None
 
 
-def test_header_context_use(panels):
+def test_header_figures_stay_current_after_delete_and_options(panels):
     store = ConversationStore(model="m")
-    store.commit(make_turn(0, prompt=3700, tokens=50))
-    asked: list[str] = []
-
-    def window(model: str) -> int | None:
-        asked.append(model)
-        return 8192
-
-    panel = open_panel(panels, store, context_window=window)
-    assert "context 3,700 / 8,192 (45%)" in panel.header.value
-    store.set_options({"num_ctx": 4000})
-    assert "context 3,700 / 4,000 (92%)" in panel.header.value
-    assert "near the limit" in panel.header.value
-    store.set_options({})
-    store.commit(make_turn(1, prompt=4000))
-    assert asked == ["m"]  # cached per model
-    other = open_panel(panels, store, default_num_ctx=5000)
-    assert "/ 5,000" in other.header.value
+    store.commit(make_turn(0, prompt=100, tokens=20))
+    store.commit(make_turn(1, prompt=3500, tokens=200))
+    panel = open_panel(panels, store, context_window=lambda model: 4096)
+    assert panel.header == "2 turns · 220 tokens generated · context 3,700 / 4,096 (90%) ⚠ near the limit: Ollama drops the oldest messages beyond it"
+    assert panel.warn
+    act(panel, "delete", 1)
+    assert panel.header == "1 turn · 20 tokens generated · context 120 / 4,096 (3%)"
+    assert not panel.warn
+    store.set_options({"num_ctx": 8192})
+    assert panel.header.endswith("context 120 / 8,192 (1%)")
 
 
-# -- live updates ---------------------------------------------------------------
+# -- liveness and cost --------------------------------------------------------------------------
 
-def test_commit_adds_exactly_two_rows_and_keeps_old_ones(panels):
-    store = filled(5)
+@pytest.mark.parametrize("turns", [10, 100, 1000])
+def test_widget_model_count_does_not_grow_with_turns(panels, wire, turns):
+    store = filled(turns)
+    mark = wire.mark()
     panel = open_panel(panels, store)
-    old_rows = panel.rows
-    old_views = panel.turn_views
-    built = panel.rows_built
-    store.commit(make_turn(5))
-    assert panel.rows_built == built + 2
-    new_rows = panel.rows
-    assert len(new_rows) == len(old_rows) + 2
-    assert all(a is b for a, b in zip(old_rows, new_rows))
-    assert all(a is b for a, b in zip(old_views, panel.turn_views))
-    assert texts(panel)[-2:] == ["question 5", "answer 5"]
-    assert panel.header.value.startswith("6 turns")
+    Front(panel, wire)
+    assert wire.opened(mark) == 2  # the panel and its layout, whatever the number of turns
+    for i in range(turns, turns + 5):
+        store.commit(make_turn(i))
+    act(panel, "delete", 0)
+    edit(panel, turns - 1, 0, "edited")
+    assert wire.opened(mark) == 2  # appends, edits and deletes open no widget
+    state = panel.get_state()
+    saved = json.dumps(state)
+    assert f"question {turns - 2}" not in saved and "answer 1" not in saved  # no turn in synced (saved) state
 
 
-def test_rerun_replaces_only_that_turn(panels):
+def test_an_append_sends_only_the_new_turn(panels, wire):
+    sizes = {}
+    for n in (10, 1000):
+        store = filled(n)
+        panel = open_panel(panels, store)
+        Front(panel, wire)
+        mark = wire.mark()
+        store.commit(make_turn(n))
+        sent = wire.since(mark)
+        custom = wire.custom(mark)
+        assert [m["kind"] for m in custom] == ["append"]
+        assert custom[0]["row"]["index"] == n
+        row_bytes = len(json.dumps(custom[0]))
+        sizes[n] = wire.bytes_since(mark)
+        # the row itself plus a few small state updates (header, total, chat list)
+        assert sizes[n] < row_bytes + 600 + 60 * len(store.names), sent
+    # the same cost at 10 and at 1,000 turns, but for longer numbers ("1,001 turns", indices)
+    assert abs(sizes[1000] - sizes[10]) < 150, sizes
+
+
+def test_commit_appends_and_a_rerun_replaces_only_that_turn(panels, wire):
     store = filled(3)
     panel = open_panel(panels, store)
-    views = panel.turn_views
-    built = panel.rows_built
-    store.commit(make_turn(2, cell="cell-0002-abcdef", answer="new answer"))  # last turn re-run
-    assert panel.rows_built == built + 2
-    assert panel.turn_views[:2] == views[:2]
-    assert texts(panel)[-1] == "new answer"
-    store.commit(make_turn(0, cell="cell-0000-abcdef", answer="first again"))  # rewinds
-    assert texts(panel) == ["question 0", "first again"]
-    assert len(store.active.turns) == 1
+    front = Front(panel, wire)
+    mark = wire.mark()
+    store.commit(make_turn(3))
+    assert [r["index"] for r in front.rows] == [0, 1, 2, 3]
+    store.commit(make_turn(9, cell="cell-0003-abcdef-0123456789", answer="new answer"))  # re-run of the last cell
+    replaced = [m for m in wire.custom(mark) if m["kind"] == "replace"]
+    assert len(replaced) == 1 and replaced[0]["row"]["index"] == 3
+    assert contents(front.rows)[-1] == "new answer"
+    assert front.reloads == 1  # nothing made the front end fetch everything again
 
 
-def test_fresh_commit_and_load_are_followed(panels, tmp_path: Path):
+def test_an_open_panel_keeps_only_its_page_as_turns_arrive(panels, wire):
+    store = filled(5)
+    panel = open_panel(panels, store, page_size=10)
+    front = Front(panel, wire)
+    for i in range(5, 60):
+        store.commit(make_turn(i))
+    assert [r["index"] for r in front.rows] == list(range(50, 60))
+    assert wire.opened() == 2
+
+
+def test_fresh_commit_and_load_make_the_front_end_refetch(panels, wire, tmp_path: Path):
     from ollama_magic import persist
 
     store = filled(3)
     panel = open_panel(panels, store)
-    persist.save(store, tmp_path / "chats.json")
-    store.commit(make_turn(10), fresh=True)  # --new: reset and the new turn, one undo step
-    assert texts(panel) == ["question 10", "answer 10"]
-    persist.load(store, tmp_path / "chats.json")  # replaces the chat: a "restored" event
-    assert texts(panel) == [f"{k} {i}" for i in range(3) for k in ("question", "answer")]
-    panel.undo_button.click()
-    assert texts(panel) == ["question 10", "answer 10"]
+    front = Front(panel, wire)
+    store.commit(make_turn(7), fresh=True)
+    assert [r["index"] for r in front.rows] == [0] and contents(front.rows) == ["question 7", "answer 7"]
+    path = tmp_path / "c.json"
+    persist.save(store, path)
+    store.reset()
+    persist.load(store, path)
+    assert contents(front.rows) == ["question 7", "answer 7"]
+    assert panel.undo_label == "the load"
 
 
-def test_two_panels_stay_in_sync(panels):
+def test_two_panels_stay_in_sync(panels, wire):
     store = filled(2)
-    a = open_panel(panels, store)
-    b = open_panel(panels, store)
-    a.rows[1].text.value = "from panel a"
-    a.rows[1].save_button.click()
-    assert texts(b)[1] == "from panel a"
-    b.turn_views[0].delete_button.click()
-    assert texts(a) == texts(b) == ["question 1", "answer 1"]
-    store.commit(make_turn(7))
-    assert texts(a) == texts(b)
-    b.system_text.value = "shared"
-    b.system_save.click()
-    assert a.system_text.value == "shared"
-    a.new_chat_name.value = "x"
-    a.new_chat_button.click()
-    assert b.chat == "x" and b.rows == []
+    a, b = open_panel(panels, store), open_panel(panels, store)
+    fa, fb = Front(a, wire), Front(b, wire)
+    edit(a, 0, 0, "from a")
+    assert contents(fb.rows)[0] == "from a"
+    store.commit(make_turn(2))
+    assert len(fa.rows) == len(fb.rows) == 3
+    assert store.listener_count == 2 and store.stream_listener_count == 2
 
 
-def test_close_unsubscribes_and_closes_widgets():
-    from ipywidgets.widgets.widget import _instances
-
+def test_close_unsubscribes_and_closes_its_widgets(wire):
     store = filled(3)
-    listeners = store.listener_count
-    widgets = len(_instances)
-    for _ in range(100):
-        panel = HistoryPanel(store)
-        assert store.listener_count == listeners + 1
-        panel.close()
-    assert store.listener_count == listeners
-    assert len(_instances) == widgets  # every child, layout and style closed
+    panel = HistoryPanel(store)
+    ids = {cid for cid, kind, _, _ in wire.log if kind == "comm_open"}
+    assert len(ids) == 2 and store.listener_count == 1 and store.stream_listener_count == 1
+    panel.close()
+    assert store.listener_count == 0 and store.stream_listener_count == 0
+    assert wire.closed() == ids  # the panel and its layout
     panel.close()  # twice is harmless
-    store.commit(make_turn(3))  # a closed panel is not called
-    assert store.listener_count == listeners
+    store.commit(make_turn(3))  # a closed panel hears nothing and sends nothing
+    panel.receive({"do": "page"})
 
 
-def test_rows_removed_by_events_are_closed(panels):
-    from ipywidgets.widgets.widget import _instances
-
-    store = filled(3)
-    _panel = open_panel(panels, store)  # kept open (panels hold weak references)
-    widgets = len(_instances)
-    store.commit(make_turn(3))
-    store.truncate(3)
-    store.edit(0, "x")
-    store.undo()
-    assert len(_instances) == widgets
+def test_a_cleared_output_retires_the_panel(panels, wire):
+    store = filled(1)
+    panel = open_panel(panels, store)
+    panel.receive({"do": "gone"})
+    assert panel.closed and store.listener_count == 0
 
 
-class _TagCollector(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: list[tuple[str, list[tuple[str, str | None]]]] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append((tag, attrs))
-
-
-def assert_inert_html(value: str) -> None:
-    """Only our own markup: span/b tags with style/title attributes, nothing else."""
-    for bad in ("<script", "<img", "<iframe", "<svg", "javascript:"):
-        assert bad not in value.lower(), value
-    parser = _TagCollector()
-    parser.feed(value)
-    for tag, attrs in parser.tags:
-        assert tag in {"b", "span"}, value
-        for name, attr_value in attrs:
-            assert name in {"style", "title"}, value
-            assert "<" not in (attr_value or "") and "alert" not in (attr_value or ""), value
+def test_the_reply_in_flight_streams_as_deltas(panels, wire):
+    store = filled(2)
+    panel = open_panel(panels, store)
+    mark = wire.mark()
+    user = {"role": "user", "content": "tell me"}
+    parts: list[str] = []
+    for word in ("Once ", "upon ", "a ", "time"):
+        parts.append(word)
+        store.stream("default", user, parts)
+    store.stream("other-chat", user, parts)  # another chat's reply: not shown
+    live = [m for m in wire.custom(mark) if m["kind"] == "live"]
+    assert live[0]["start"] and live[0]["index"] == 2 and "tell me" in live[0]["user"]
+    assert [m["text"] for m in live] == ["Once ", "upon ", "a ", "time"]  # each piece once: O(reply)
+    store.commit(make_turn(2, answer="Once upon a time"))
+    kinds = [m["kind"] for m in wire.custom(mark)]
+    assert kinds[-2:] == ["live", "append"] and wire.custom(mark)[-2] == {"kind": "live", "end": True}
+    store.stream("default", user, None)  # the feed's own end: nothing more to say
+    assert [m["kind"] for m in wire.custom(mark)][-1] == "append"
 
 
-def test_hostile_content_is_plain_text_only(panels):
-    store = ConversationStore(model="<b>m</b>")
-    call = {"function": {"name": HOSTILE[0], "arguments": {"x": HOSTILE[1]}}}
+def test_a_failed_reply_in_flight_is_taken_back(panels, wire):
+    store = filled(1)
+    panel = open_panel(panels, store)
+    mark = wire.mark()
+    store.stream("default", {"role": "user", "content": "q"}, ["par"])
+    store.stream("default", {"role": "user", "content": "q"}, None)
+    assert wire.custom(mark)[-1] == {"kind": "live", "end": True}
+    assert len(store.active.turns) == 1
+
+
+def test_hostile_content_reaches_the_page_only_sanitised(panels):
+    store = ConversationStore()
     for i, bad in enumerate(HOSTILE):
-        store.commit(make_turn(i, question=bad, answer=f"reply {bad}", cell=bad, model=bad, thinking=bad,
-                               status="interrupted"))
-    store.commit(Turn((
-        {"role": "user", "content": HOSTILE[0], "images": [HOSTILE[1]]},
-        {"role": "assistant", "content": "", "tool_calls": [call]},
-        {"role": "tool", "content": HOSTILE[1], "tool_name": HOSTILE[1]},
-        {"role": "assistant", "content": "$\\href{javascript:alert(1)}{x}$"},
-    ), TurnMeta(model=HOSTILE[0], cell_id="c" + HOSTILE[1])))
+        store.commit(make_turn(i, question=bad, answer=bad, thinking=bad, model=bad, cell=bad))
     store.set_system(HOSTILE[0])
-    store.set_options({"num_ctx": HOSTILE[0]})
-    store.create("<script>", switch=False)
-    panel = open_panel(panels, store, list_models=lambda: [HOSTILE[0]], default_model=lambda: HOSTILE[1])
-    panel.export_path.value = "/nonexistent-dir/<script>alert(1)</script>.md"
-    panel.export_button.click()
-    assert "<script>alert(1)</script>" in panel.status_text  # the error names the path, as text
-    assert texts(panel)[:4] == [HOSTILE[0], f"reply {HOSTILE[0]}", HOSTILE[1], f"reply {HOSTILE[1]}"]
-    html_widgets = 0
-    shown_as_text = 0
-    for x in walk(panel):
-        assert not isinstance(x, w.HTMLMath)
-        if isinstance(x, w.HTML):
-            html_widgets += 1
-            assert_inert_html(x.value)
-            assert_inert_html(x.description or "")
-        if isinstance(x, w.Label):  # Labels are MathJax-typeset: no data may reach one
-            raise AssertionError(f"unexpected Label {x.value!r}")
-        if isinstance(x, w.Textarea) and ("<script>" in x.value or "<img" in x.value):
-            shown_as_text += 1
-    assert html_widgets > 10
-    assert shown_as_text >= 6  # questions, replies, thinking, tool output, system prompt
-    escaped = [x.value for x in walk(panel) if isinstance(x, w.HTML) and "&lt;script&gt;" in x.value]
-    assert escaped  # the model name / cell id / tool name are shown, escaped
+    panel = open_panel(panels, store)
+    for row in page(panel):
+        for msg in row["messages"]:
+            for key in ("html", "thinking"):
+                if key in msg:
+                    assert live_elements(msg[key]) == [], msg[key]
+    user = {"role": "user", "content": HOSTILE[1]}
+    store.stream("default", user, [HOSTILE[0]])
+    live = last(panel, "live")
+    assert live_elements(live["user"]) == []  # the question as sanitised HTML
+    assert live["text"] == HOSTILE[0]  # the reply so far: plain text, set with textContent
+    bundle = panel._repr_mimebundle_()[0]
+    assert live_elements(bundle["text/html"]) == []
+    assert "text/markdown" not in bundle  # JupyterLab's math pre-pass makes Markdown unsafe
+    js = (Path(__file__).resolve().parents[1] / "ollama_magic" / "panel.js").read_text()
+    # innerHTML is only ever given the sanitised fields
+    assigned = re.findall(r"innerHTML\s*=\s*([^;]+);", js)
+    assert assigned and set(assigned) <= {"m.thinking", "m.html", "msg.user"}, assigned
+    assert "eval(" not in js and "new Function" not in js
 
 
-# -- files and namespace ------------------------------------------------------------
+# -- chat actions --------------------------------------------------------------------------------
 
 def test_export_writes_markdown(panels, tmp_path: Path):
     store = filled(2)
     panel = open_panel(panels, store)
-    target = tmp_path / "chat.md"
-    panel.export_path.value = str(target)
-    panel.export_button.click()
-    text = target.read_text(encoding="utf-8")
-    assert "question 1" in text and "answer 1" in text
-    assert str(target) in panel.status_text and panel.status_text.startswith("✓")
+    target = tmp_path / "out.md"
+    panel.receive({"do": "export", "path": str(target)})
+    assert "## 1. User" in target.read_text() and "answer 1" in target.read_text()
+    assert panel.status_text == f"exported chat 'default' (2 turns) to {target}"
 
 
-def test_export_errors_go_to_status(panels, tmp_path: Path):
+def test_export_errors_go_to_the_status_line(panels, tmp_path: Path):
     panel = open_panel(panels, filled(1))
-    panel.export_path.value = str(tmp_path / "missing" / "chat.md")
-    panel.export_button.click()
-    assert panel.status_text.startswith("⚠") and "does not exist" in panel.status_text
-    panel.export_path.value = str(tmp_path)
-    panel.export_button.click()
-    assert "directory" in panel.status_text
+    panel.receive({"do": "export", "path": str(tmp_path)})
+    assert panel.status["error"] and "is a directory" in panel.status_text
 
 
-def test_copy_messages_into_namespace(panels):
+def test_copy_messages_names_the_variable_and_never_overwrites_silently(panels):
     store = filled(2)
-    store.set_system("sys")
-    ns: dict[str, Any] = {}
+    ns: dict[str, Any] = {"messages": "mine"}
     panel = open_panel(panels, store, namespace=ns)
-    panel.copy_button.click()
-    assert ns["messages"] == store.active.messages()
-    assert ns["messages"][0] == {"role": "system", "content": "sys"}
-    ns["messages"][1]["content"] = "mutated"
-    assert store.active.turns[0].user["content"] == "question 0"  # a copy
-    panel.copy_var.value = "msgs2"
-    panel.copy_button.click()
-    assert isinstance(ns["msgs2"], list) and len(ns["msgs2"]) == 5
-    panel.copy_var.value = "not a name"
-    panel.copy_button.click()
+    assert panel.copy_name == "messages_2"  # the suggestion is a free name
+    panel.receive({"do": "copy", "name": "messages"})
+    assert ns["messages"] == "mine"
+    assert panel.status["error"] and "messages already exists (a str)" in panel.status_text
+    assert last(panel, "confirm_copy") == {"kind": "confirm_copy", "name": "messages"}
+    panel.receive({"do": "copy", "name": "messages", "replace": True})
+    assert ns["messages"] == store.active.messages() and ns["messages"] is not store.active.messages()
+    assert panel.status_text == "copied 4 messages into the variable messages"
+    panel.receive({"do": "copy", "name": panel.copy_name})
+    assert "messages_2" in ns and panel.copy_name == "messages_3"
+    ns["messages_2"][0]["content"] = "changed"
+    assert store.active.turns[0].user["content"] == "question 0"  # a copy, not the store's dicts
+    panel.receive({"do": "copy", "name": "not a name"})
     assert "not a valid variable name" in panel.status_text
-    assert "not a name" not in ns
+    panel.receive({"do": "copy", "name": "class"})
+    assert "not a valid variable name" in panel.status_text
 
 
 def test_copy_without_namespace_reports(panels):
     panel = open_panel(panels, filled(1))
-    panel.copy_button.click()
-    assert panel.status_text.startswith("⚠")
+    panel.receive({"do": "copy", "name": "x"})
+    assert "no notebook namespace" in panel.status_text
 
 
-def test_no_exception_escapes_a_click(panels, monkeypatch):
-    store = filled(2)
+def test_no_exception_escapes_a_message(panels, monkeypatch):
+    store = filled(1)
     panel = open_panel(panels, store)
+    panel.receive({"do": "explode"})
+    assert "unknown action" in panel.status_text
+    panel.receive("not even a dict")  # type: ignore[arg-type]
 
     def boom(*a: Any, **k: Any) -> None:
-        raise RuntimeError("disk on fire\nsecond line")
+        raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(store, "delete", boom)
-    panel.turn_views[0].delete_button.click()
-    assert panel.status_text == "⚠ RuntimeError: disk on fire second line"
-    monkeypatch.setattr(store, "truncate", lambda *a, **k: (_ for _ in ()).throw(StoreError("nope")))
-    panel.turn_views[0].rewind_button.click()
-    assert panel.status_text == "⚠ nope"
+    monkeypatch.setattr(store, "reset", boom)
+    panel.receive({"do": "reset"})
+    assert panel.status["error"] and "RuntimeError: disk on fire" in panel.status_text
 
 
-def test_stale_row_is_reported_not_raised(panels):
-    store = filled(2)
-    panel = open_panel(panels, store)
-    row = panel.rows[0]
-    store.delete(0)
-    row.text.value = "late edit"
-    row.save_button.click()  # the row was removed (and closed) by the event
-    assert panel.status_text.startswith("⚠")
-    assert store.active.turns[0].user["content"] == "question 1"
+def test_custom_messages_arrive_through_ipywidgets(panels):
+    panel = open_panel(panels, filled(2))
+    panel._handle_custom_msg({"do": "page", "req": "w"}, [])  # what the kernel's comm handler calls
+    assert [r["index"] for r in last(panel, "rows")["rows"]] == [0, 1]
 
 
-# -- scale ----------------------------------------------------------------------------
+# -- paging and finding ---------------------------------------------------------------------------
 
-def test_pagination(panels):
-    store = filled(120)
-    panel = open_panel(panels, store, page_size=50)
-    assert panel.rows_built == 100
-    assert panel.first_shown == 70
-    assert panel.turn_views[0].index == 70
-    assert panel.earlier_button.layout.display != "none"
-    assert "Show 50 earlier turns" in panel.earlier_button.description
-    panel.earlier_button.click()
-    assert len(panel.turn_views) == 100 and panel.first_shown == 20
-    assert "Show 20 earlier turns" in panel.earlier_button.description
-    panel.earlier_button.click()
-    assert len(panel.rows) == 240 and panel.first_shown == 0
-    assert panel.earlier_button.layout.display == "none"
-    assert texts(panel)[:2] == ["question 0", "answer 0"]
-    assert panel.header.value.startswith("120 turns")
+def test_paging_reaches_every_turn(panels):
+    store = filled(45)
+    panel = open_panel(panels, store, page_size=20)
+    assert [r["index"] for r in page(panel)] == list(range(25, 45))
+    assert [r["index"] for r in page(panel, end=25)] == list(range(5, 25))
+    assert [r["index"] for r in page(panel, end=5)] == list(range(0, 5))
+    assert page(panel, end=0) == []
+    assert [r["index"] for r in page(panel, end=10, size=3)] == [7, 8, 9]
 
 
-def test_pagination_keeps_indices_right(panels):
+def test_search_filters_this_chat_and_finds_across_chats(panels):
     store = filled(30)
-    panel = open_panel(panels, store, page_size=10)
-    store.delete(3)  # not shown: shown turns move up
-    assert panel.first_shown == 19
-    assert [v.index for v in panel.turn_views] == list(range(19, 29))
-    panel.turn_views[0].rewind_button.click()  # keep turns 0..19
-    assert len(store.active.turns) == 20
-    assert [v.index for v in panel.turn_views] == [19]
-    store.truncate(5)  # below the shown window: a page of earlier turns appears
-    assert [v.index for v in panel.turn_views] == [0, 1, 2, 3, 4]
-    panel.turn_views[2].delete_button.click()
-    assert [t.user["content"] for t in store.active.turns] == [f"question {i}" for i in (0, 1, 4, 5)]
-
-
-def test_thousand_turns_build_only_a_page(panels):
-    store = filled(1000)
+    store.create("other", switch=False)
+    store.commit(make_turn(0, question="Where is the LLAMA?"), chat="other")
     panel = open_panel(panels, store)
-    assert panel.rows_built == 100
-    built = panel.rows_built
-    store.commit(make_turn(1000))
-    assert panel.rows_built == built + 2
+    panel.receive({"do": "search", "req": "s", "q": "question 2"})
+    hits = last(panel, "hits")["hits"]
+    assert [h["index"] for h in hits] == [2] + list(range(20, 30))
+    assert all(h["chat"] == "default" for h in hits)
+    panel.receive({"do": "rows", "req": "r", "indices": [h["index"] for h in hits] + [999, "x"]})
+    shown = last(panel, "rows")
+    assert shown["filtered"] and [r["index"] for r in shown["rows"]] == [2] + list(range(20, 30))
+    panel.receive({"do": "search", "req": "s", "q": "llama", "all": True})
+    found = last(panel, "hits")["hits"]
+    assert [(h["chat"], h["index"]) for h in found] == [("other", 0)]
+    assert "LLAMA" in found[0]["text"]
+    panel.receive({"do": "search", "req": "s", "q": "answer 29"})
+    assert [(h["index"], h["role"]) for h in last(panel, "hits")["hits"]] == [(29, "assistant")]
 
 
-def test_importing_the_package_does_not_import_ipywidgets():
-    code = ("import sys, ollama_magic, ollama_magic.store, ollama_magic.persist; "
-            "assert 'ipywidgets' not in sys.modules, 'ipywidgets imported'")
+# -- where widgets cannot be drawn -------------------------------------------------------------
+
+def test_without_widget_state_the_output_is_a_readable_transcript(panels):
+    store = filled(30)
+    store.set_system("Be brief.")
+    panel = open_panel(panels, store)
+    data, _ = panel._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in data
+    text = data["text/plain"]
+    assert "HistoryPanel(" not in text and "object at 0x" not in text
+    assert text.startswith("History of chat 'default': 30 turns (the last 20 shown)")
+    assert "[30. Assistant] answer 29" in text and "question 9" not in text
+    html = data["text/html"]
+    assert "answer 29" in html and "question 9" not in html and "30 turns" in html
+    one = ConversationStore()
+    one.commit(make_turn(0))
+    assert transcript_text(one.active).startswith("History of chat 'default': 1 turn\n")
+    assert "1 turn" in transcript_html(one.active)
+
+
+def test_saved_widget_state_is_small_whatever_the_turns(panels):
+    store = ConversationStore(model="llama3.2")
+    for i in range(1000):
+        store.commit(make_turn(i, question=f"question {i} " + "q" * 150, answer=f"answer {i} " + "lorem ipsum " * 50))
+    text = sum(len(m.get("content") or "") for t in store.active.turns for m in t.messages)
+    panel = open_panel(panels, store)
+    state = json.dumps(panel.get_state())
+    data, _ = panel._repr_mimebundle_()
+    output = json.dumps(data)
+    assert len(state) + len(output) < text / 5, (len(state), len(output), text)
+
+
+def test_importing_the_package_does_not_import_widgets():
+    code = ("import sys, ollama_magic, ollama_magic.store, ollama_magic.persist, ollama_magic.live; "
+            "assert 'ipywidgets' not in sys.modules and 'anywidget' not in sys.modules, 'widgets imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-# -- property: the panel always mirrors the store ---------------------------------------
+# -- property: what the front end shows always mirrors the store ---------------------------------
 
 _ops = st.lists(
     st.one_of(
@@ -687,18 +841,19 @@ _ops = st.lists(
         st.tuples(st.just("reset"), st.just(0)),
         st.tuples(st.just("undo"), st.just(0)),
         st.tuples(st.just("switch"), st.integers(0, 1)),
-        st.tuples(st.just("earlier"), st.just(0)),
+        st.tuples(st.just("panel-delete"), st.integers(0, 10)),
     ),
     max_size=25,
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 @given(_ops)
-def test_panel_mirrors_store(ops):
+def test_front_end_mirrors_store(wire, ops):
     store = ConversationStore(model="m")
     store.create("b", switch=False)
     panel = HistoryPanel(store, page_size=3)
+    front = Front(panel, wire)
     try:
         counter = 0
         for op, arg in ops:
@@ -711,6 +866,8 @@ def test_panel_mirrors_store(ops):
                 counter += 1
             elif op == "delete" and arg < n:
                 store.delete(arg)
+            elif op == "panel-delete" and arg < n:
+                act(panel, "delete", arg)
             elif op == "truncate" and arg <= n:
                 store.truncate(arg)
             elif op == "reset":
@@ -719,16 +876,17 @@ def test_panel_mirrors_store(ops):
                 store.undo()
             elif op == "switch":
                 store.switch(["default", "b"][arg])
-            elif op == "earlier":
-                panel.earlier_button.click()
             turns = store.active.turns
-            assert panel.chat == store.active_name
-            assert panel.first_shown + len(panel.turn_views) == len(turns)
-            for view in panel.turn_views:
-                assert view.turn is turns[view.index]
-            expected = [m["content"] for t in turns[panel.first_shown:] for m in t.messages]
-            assert texts(panel) == expected
-            assert panel.header.value.startswith(f"{len(turns):,} turn")
-            assert not panel.status_text.startswith("⚠")  # no error, no emergency redraw
+            assert panel.chat == store.active_name and panel.total == len(turns)
+            shown = [r["index"] for r in front.rows]
+            if shown:  # a contiguous run of real turns
+                assert shown == list(range(shown[0], shown[0] + len(shown))) and shown[-1] < len(turns)
+            else:
+                assert not turns
+            for r in front.rows:
+                expected = [m["content"] for m in turns[r["index"]].messages]
+                assert contents([r]) == expected
+            assert panel.header.startswith(f"{len(turns):,} turn")
+            assert not panel.status.get("error")  # no error, no emergency redraw
     finally:
         panel.close()
