@@ -212,23 +212,6 @@ JS_CELL_OUTPUT_TEXT = """(i) => {
   return area ? area.innerText : '';
 }"""
 
-# Tag the panel text area whose value is `text` (and its row's button named
-# `button`) with data-test attributes so Playwright can drive them as a user would.
-JS_TAG_TEXTAREA = """([text, tag, button]) => {
-  for (const el of document.querySelectorAll('[data-test]')) el.removeAttribute('data-test');
-  const ta = Array.from(document.querySelectorAll('.jp-OutputArea-output textarea'))
-    .find(t => t.value === text);
-  if (!ta) return 'no textarea holds ' + JSON.stringify(text);
-  ta.setAttribute('data-test', tag);
-  for (let node = ta.parentElement; node && !node.classList.contains('jp-OutputArea-output');
-       node = node.parentElement) {
-    const b = Array.from(node.querySelectorAll('button'))
-      .find(x => x.textContent.trim() === button);
-    if (b) { b.setAttribute('data-test', tag + '-button'); return 'ok'; }
-  }
-  return 'no ' + JSON.stringify(button) + ' button near the text area';
-}"""
-
 JS_ACTIVATE_LAST_CELL = """() => {
   const nb = window.jupyterapp.shell.currentWidget.content;
   nb.activeCellIndex = nb.widgets.length - 1;
