@@ -26,8 +26,7 @@ Rows (see each function's docstring for what exactly is timed):
                   `ollama` client's work), and `store.commit`
 8. memory         tracemalloc and RSS per 1,000 turns, with and without undo
 9. files          `%ollama save` / `load` at 10k turns vs plain `json.dumps` / `json.loads`
-10. panel         `HistoryPanel` over 1,000 turns, commit with a panel open
-12. context       `{df}` of a 100,000-row DataFrame into a prompt, vs `str(df)`
+J. context       `{df}` of a 100,000-row DataFrame into a prompt, vs `str(df)`
 11. journal       commit with the SQLite journal at 10k journaled turns, restore, `%load_ext`
 peer column       rows 1-3 for jupyter-ai (`--peer-python`)
 
@@ -1305,6 +1304,131 @@ def rows_panel(ctx: Ctx) -> list[Row]:
             f"< {TARGETS['panel_append_ms']:g} ms", pn["append_s"]["median"] * 1000 < TARGETS["panel_append_ms"]),
     ]
 
+
+
+@bench_child("panel_models")
+def child_panel_models(p: dict[str, Any]) -> dict[str, Any]:
+    """Widget models one panel creates at 10, 100 and 1,000 turns, and after appends with it open."""
+    from ipywidgets.widgets import widget as ipw
+
+    from ollama_magic.store import ConversationStore, Turn, TurnMeta
+    from ollama_magic.widget import HistoryPanel
+
+    counts: dict[str, int] = {}
+    for n in (10, 100, 1000):
+        store = ConversationStore(model=MODEL)
+        _prefill(store, n, reply_words=p["reply_words"])
+        before = len(ipw._instances)
+        panel = HistoryPanel(store)
+        counts[str(n)] = len(ipw._instances) - before
+        if n == 1000:
+            for j in range(p["appends"]):
+                store.commit(Turn(({"role": "user", "content": f"q{j}"}, {"role": "assistant", "content": f"a{j}"}),
+                                  TurnMeta(cell_id=f"more-{j}", model=MODEL)))
+            counts["1000+appends"] = len(ipw._instances) - before
+        panel.close()
+    return counts
+
+
+@bench_row("panel_models", order=10.1)
+def rows_panel_models(ctx: Ctx) -> list[Row]:
+    """Widget models (ipywidgets instances) one `HistoryPanel` creates, by number of turns."""
+    counts = ctx.child("panel_models", {"reply_words": 50, "appends": 20}, timeout=300)
+    shown = " / ".join(str(counts[k]) for k in ("10", "100", "1000", "1000+appends"))
+    return [Row("10", "panel: widget models per panel (10 / 100 / 1,000 turns; 1,000 + 20 appends)", shown,
+                "one anywidget and its layout", "", "does not grow with turns", len(set(counts.values())) == 1,
+                data={"models": counts})]
+
+
+# -- the panel in JupyterLab + Chromium -------------------------------------------------------
+TARGETS["panel_drawn_s"] = 0.3
+PANEL_FILL = """
+from ollama_magic.store import Turn, TurnMeta
+_store = get_ipython().magics_manager.registry["OllamaMagics"].store
+for _i in range({turns}):
+    _store.commit(Turn(({{"role": "user", "content": f"question {{_i}} " + "q" * 150}},
+                        {{"role": "assistant", "content": f"answer {{_i}} **bold** and `code` " + "lorem ipsum " * 60}}),
+                       TurnMeta(cell_id=f"big-{{_i}}", model="llama3.2", prompt_eval_count=100 + _i, eval_count=300)))
+"""
+# Cell i has run and the kernel is idle again.
+CELL_DONE_JS = """(i) => { const w = window.jupyterapp.shell.currentWidget;
+  const k = w.sessionContext.session && w.sessionContext.session.kernel;
+  const c = w.content.widgets[i]; const p = c.node.querySelector('.jp-InputPrompt');
+  return !!k && k.status === 'idle' && c.model.executionCount !== null && !(p && p.textContent.includes('*')); }"""
+# Run cell i; resolve when `selector` matches at least `n` nodes in it and the page has painted once.
+PANEL_DRAW_JS = """([i, selector, n]) => new Promise((resolve) => {
+  const nb = window.jupyterapp.shell.currentWidget.content;
+  nb.activeCellIndex = i;
+  nb.widgets[i].model.outputs.clear();
+  const t0 = performance.now();
+  const check = () => {
+    if (nb.widgets[i].node.querySelectorAll(selector).length >= n) requestAnimationFrame(() => resolve(performance.now() - t0));
+    else if (performance.now() - t0 > 60000) resolve(Infinity);
+    else setTimeout(check, 5);
+  };
+  window.jupyterapp.commands.execute('notebook:run-cell');
+  check();
+})"""
+
+
+@bench_row("panel_browser", order=10.2)
+def rows_panel_browser(ctx: Ctx) -> list[Row]:
+    """`%ollama history` over 1,000 turns until its first page of turns is drawn in JupyterLab + Chromium.
+
+    From the run command in the page until 20 turns are in the cell's output
+    and the page has painted once. Each run re-runs the same cell (retiring
+    the previous panel). Floor: a cell printing a number (kernel round trip and
+    an output drawn, no widget). Alternating, after one warm-up each.
+    """
+    sys.path.insert(0, str(ROOT / "tests"))
+    import nbformat
+    from browser_util import CHROMIUM, CHROMIUM_ARGS, LabServer  # noqa: E402
+    from playwright.sync_api import sync_playwright
+
+    reps = 2 if ctx.quick else 7
+    with tempfile.TemporaryDirectory(prefix="ollama-magic-bench-lab-") as tmp:
+        lab = LabServer(Path(tmp), extra_env={"OLLAMA_HOST": ctx.server(REPLY_TOKENS)})
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+        nb.cells = [nbformat.v4.new_code_cell(src) for src in (
+            "%load_ext ollama_magic", PANEL_FILL.format(turns=PANEL_TURNS), "%ollama history",
+            "print(len(_store.active.turns))")]
+        nbformat.write(nb, str(lab.notebook_dir / "bench.ipynb"))
+        lab.start()
+        drawn: list[float] = []
+        floor: list[float] = []
+        pw = sync_playwright().start()
+        try:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(f"{lab.url}/lab/tree/bench.ipynb?token={lab.token}", wait_until="domcontentloaded",
+                      timeout=60_000)
+            page.wait_for_function("() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+                                   " const k = w && w.sessionContext && w.sessionContext.session"
+                                   " && w.sessionContext.session.kernel; return k && k.status === 'idle'; }",
+                                   timeout=120_000, polling=200)
+            for i in (0, 1):
+                page.evaluate(f"() => {{ const nb = window.jupyterapp.shell.currentWidget.content;"
+                              f" nb.activeCellIndex = {i}; window.jupyterapp.commands.execute('notebook:run-cell'); }}")
+                page.wait_for_timeout(100)
+                page.wait_for_function(CELL_DONE_JS, arg=i, timeout=120_000, polling=100)
+            for rep in range(reps + 1):  # run 0 warms up
+                for kind in (("panel", "floor") if rep % 2 == 0 else ("floor", "panel")):
+                    cell, selector, n = (2, ".om-panel .om-turn", 20) if kind == "panel" else (3, ".jp-OutputArea-output", 1)
+                    ms = page.evaluate(PANEL_DRAW_JS, [cell, selector, n])
+                    page.wait_for_function(CELL_DONE_JS, arg=cell, timeout=120_000, polling=50)
+                    if rep:
+                        (drawn if kind == "panel" else floor).append(ms / 1000)
+            browser.close()
+        finally:
+            pw.stop()
+            lab.stop()
+    data = {"turns": PANEL_TURNS, "drawn_s": summary(drawn), "floor_s": summary(floor)}
+    ctx.res["panel_browser"] = data
+    return [Row("10", f"panel: `%ollama history` over {PANEL_TURNS:,} turns until drawn in JupyterLab (Chromium)",
+                fmt_stat(data["drawn_s"], "ms", 1000), f"a cell printing a number: {fmt_stat(data['floor_s'], 'ms', 1000)}",
+                "", f"< {TARGETS['panel_drawn_s'] * 1000:g} ms", data["drawn_s"]["median"] < TARGETS["panel_drawn_s"],
+                data=data)]
 
 
 # -- 11. the journal (the journal helper's row) -----------------------------------------------

@@ -301,8 +301,10 @@ class Subcommands:
             return panel
         from . import persist  # pydantic models: built only when files are touched
 
+        from .safe import terminal
+
         conv = self.store.get(args.chat) if args.chat else self.store.active
-        print(persist.export_markdown(conv, last=args.last), end="")
+        print(terminal(persist.export_markdown(conv, last=args.last)), end="")
         return None
 
     @subcommand("reset", "empty the active chat (undoable)")

@@ -48,6 +48,7 @@ function render({ model, el }) {
   let jump = null; // a turn to show once the chat has switched
   let live = null;
   let notice = null;
+  let statusTimer = null;
   const ask = (msg, cb) => {
     const id = me + ":" + (++req);
     if (cb) pending.set(id, cb);
@@ -58,7 +59,7 @@ function render({ model, el }) {
   const on = (name, cb) => { model.on(name, cb); offs.push(() => model.off(name, cb)); };
 
   // -- skeleton ------------------------------------------------------------------
-  const root = h("div", "om-panel");
+  const root = h("div", "om-panel tex2jax_ignore mathjax_ignore"); // no MathJax in here
   const top = h("div", "om-top");
   const chatSel = ownKeys(h("select", "om-chat"));
   chatSel.title = "Chat shown (and active in the notebook)";
@@ -193,8 +194,10 @@ function render({ model, el }) {
     const s = model.get("status") || {};
     status.replaceChildren();
     status.className = "om-status" + (s.error ? " om-error" : "");
+    clearTimeout(statusTimer);
     if (!s.text) return;
     status.append(h("span", null, (s.error ? "⚠ " : "✓ ") + s.text));
+    if (!s.error && !s.undo) statusTimer = setTimeout(() => status.replaceChildren(), 15000); // news, not state
     if (notice) { notice.remove(); notice = null; }
     if (s.undo) {
       status.append(button("Undo", "om-link", "Undo " + (model.get("undo_label") || "it"), () => send({ do: "undo" })));

@@ -32,7 +32,6 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
-import html
 import json
 import keyword
 import logging
@@ -46,13 +45,8 @@ import traitlets as t
 
 from . import persist
 from .images import image_kind
+from .safe import container, markdown_html, terminal, text_html
 from .store import Conversation, ConversationStore, Event, Message, StoreError, Turn
-
-try:  # the one inert rendering path (ollama_magic/safe.py)
-    from .safe import markdown_html
-except ImportError:  # pragma: no cover - until safe.py lands: text only, escaped
-    def markdown_html(text: str) -> str:
-        return "<p>" + html.escape(text).replace("\n", "<br>") + "</p>"
 
 __all__ = ["HistoryPanel", "count", "model_names", "transcript_html", "transcript_text"]
 
@@ -164,7 +158,7 @@ _ROLE = {"user": "You", "assistant": "Assistant", "tool": "Tool", "system": "Sys
 
 
 def transcript_text(conv: Conversation, limit: int = _FALLBACK_TURNS) -> str:
-    """The last `limit` turns as plain text."""
+    """The last `limit` turns as plain text (control characters shown escaped)."""
     first, turns = _tail(conv, limit)
     lines = [f"History of chat {conv.name!r}: {count(len(conv.turns), 'turn')}"
              + (f" (the last {len(turns)} shown)" if first else "")]
@@ -174,18 +168,18 @@ def transcript_text(conv: Conversation, limit: int = _FALLBACK_TURNS) -> str:
         for msg in turn.messages:
             role = _ROLE.get(str(msg.get("role")), str(msg.get("role")))
             lines.append(f"\n[{i}. {role}] {_cut(str(msg.get('content') or ''))}")
-    return "\n".join(lines) + "\n"
+    return terminal("\n".join(lines) + "\n")
 
 
 def transcript_html(conv: Conversation, limit: int = _FALLBACK_TURNS) -> str:
     """The last `limit` turns as sanitised HTML (what nbviewer and GitHub show)."""
     first, turns = _tail(conv, limit)
-    esc = html.escape
-    out = [f"<div><p><b>History of chat {esc(conv.name)}</b> · {esc(count(len(conv.turns), 'turn'))}"
+    esc = text_html
+    out = [f"<p><strong>History of chat {esc(conv.name)}</strong> · {esc(count(len(conv.turns), 'turn'))}"
            + (f" (the last {len(turns)} shown)" if first else "")
            + f" · as of {esc(time.strftime('%Y-%m-%d %H:%M'))}</p>"]
     if conv.system:
-        out.append(f"<p><i>System:</i> {esc(_cut(conv.system))}</p>")
+        out.append(f"<p><em>System:</em> {esc(_cut(conv.system))}</p>")
     for i, turn in enumerate(turns, start=first + 1):
         for msg in turn.messages:
             role = str(msg.get("role") or "")
@@ -196,8 +190,7 @@ def transcript_html(conv: Conversation, limit: int = _FALLBACK_TURNS) -> str:
             if role == "assistant" and turn.meta.model:
                 label += f" ({turn.meta.model})"
             out.append(f"<h4>{esc(label)}</h4>\n{markdown_html(_cut(content))}")
-    out.append("</div>")
-    return "\n".join(out)
+    return container("\n".join(out), "history")
 
 
 def _read(name: str) -> str:
@@ -450,6 +443,7 @@ class HistoryPanel(anywidget.AnyWidget):  # type: ignore[misc]
             self._changed[event.chat] = time.time()
         if kind == "switched" or (kind == "chat_removed" and event.chat == self.chat):
             self.chat = self.store.active_name
+            self.status = {}  # what it said was about the other chat
             self._fill()
             self.version += 1
             return

@@ -19,7 +19,6 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from comm import DummyComm
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hostile import HOSTILE_MODEL_NAMES, PAYLOADS, violations
 from ollama_magic.store import ConversationStore, Turn, TurnMeta
 from ollama_magic.widget import HistoryPanel, count, model_names, transcript_html, transcript_text
 
@@ -36,33 +36,7 @@ from ollama_magic.widget import HistoryPanel, count, model_names, transcript_htm
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 )
-HOSTILE = ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "[x](javascript:alert(1))",
-           "<style>body{display:none}</style>", "$<img src=x onerror=alert(2)>$"]
-_LIVE_TAGS = {"script", "img", "iframe", "style", "object", "embed", "link", "meta", "svg", "math", "form"}
-
-
-class _Elements(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.bad: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in _LIVE_TAGS:
-            self.bad.append(tag)
-        for name, value in attrs:
-            if name.startswith("on") or name in ("style", "src", "srcset") or (
-                    value and re.match(r"\s*(javascript|vbscript|data):", value, re.IGNORECASE)):
-                self.bad.append(f"{tag} {name}={value}")
-
-
-def live_elements(fragment: str) -> list[str]:
-    """Elements or attributes of an HTML fragment that could run, fetch or restyle."""
-    parser = _Elements()
-    parser.feed(fragment)
-    parser.close()
-    return parser.bad
-
-
+HOSTILE = list(PAYLOADS.values())
 def make_turn(i: int, *, cell: str | None = None, model: str = "llama3.2", prompt: int | None = None,
               tokens: int | None = 10, status: str = "ok", question: str | None = None,
               answer: str | None = None, **reply_extra: Any) -> Turn:
@@ -237,8 +211,8 @@ def test_markdown_is_rendered_not_shown_raw(panels):
     store.commit(make_turn(0, answer="Some **bold** text and `code`.\n\n- one\n- two"))
     panel = open_panel(panels, store)
     html = page(panel)[0]["messages"][1]["html"]
-    assert "**" not in html or "<strong>" in html  # rendered once safe.py's renderer is in
-    assert "bold" in html
+    assert "<strong>bold</strong>" in html and "<code>code</code>" in html and "<li>two</li>" in html
+    assert "**" not in html
 
 
 def test_counts_are_worded_right(panels):
@@ -671,21 +645,24 @@ def test_a_failed_reply_in_flight_is_taken_back(panels, wire):
 def test_hostile_content_reaches_the_page_only_sanitised(panels):
     store = ConversationStore()
     for i, bad in enumerate(HOSTILE):
-        store.commit(make_turn(i, question=bad, answer=bad, thinking=bad, model=bad, cell=bad))
+        name = HOSTILE_MODEL_NAMES[i % len(HOSTILE_MODEL_NAMES)]
+        store.commit(make_turn(i, question=bad, answer=bad, thinking=bad, model=name, cell=bad))
     store.set_system(HOSTILE[0])
     panel = open_panel(panels, store)
     for row in page(panel):
         for msg in row["messages"]:
             for key in ("html", "thinking"):
                 if key in msg:
-                    assert live_elements(msg[key]) == [], msg[key]
+                    assert violations(msg[key]) == [], msg[key]
     user = {"role": "user", "content": HOSTILE[1]}
     store.stream("default", user, [HOSTILE[0]])
     live = last(panel, "live")
-    assert live_elements(live["user"]) == []  # the question as sanitised HTML
+    assert violations(live["user"]) == []  # the question as sanitised HTML
     assert live["text"] == HOSTILE[0]  # the reply so far: plain text, set with textContent
     bundle = panel._repr_mimebundle_()[0]
-    assert live_elements(bundle["text/html"]) == []
+    assert violations(bundle["text/html"], allowed_classes={"tex2jax_ignore", "mathjax_ignore",
+                                                            "ollama-magic-history"}) == []
+    assert "\x1b" not in bundle["text/plain"]  # controls shown escaped in the plain transcript
     assert "text/markdown" not in bundle  # JupyterLab's math pre-pass makes Markdown unsafe
     js = (Path(__file__).resolve().parents[1] / "ollama_magic" / "panel.js").read_text()
     # innerHTML is only ever given the sanitised fields
