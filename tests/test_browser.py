@@ -8,7 +8,8 @@ all tests of this module, in order:
    to the model;
 3. a short conversation in its own chat, followed live by the open panel
    (docs/panel.png is taken of it on request);
-4. a hostile reply stays inert in the output and in the panel;
+4. a hostile reply stays inert in the output and in the panel, and so does the
+   whole shared corpus (tests/hostile.py) drawn by the panel;
 5. a 1,000-turn chat: the panel is drawn fast, and the saved notebook (widget
    state included) grows by less than the conversation's own text.
 
@@ -18,7 +19,9 @@ Skipped only when OLLAMA_MAGIC_SKIP_BROWSER=1; a browser that cannot start fails
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -44,6 +47,8 @@ from browser_util import (  # noqa: E402
     JS_KERNEL_STATE,
     LabServer,
 )
+
+from hostile import PAYLOADS, violations  # noqa: E402
 
 from ollama_magic.testing import OllamaTestServer  # noqa: E402
 
@@ -148,7 +153,8 @@ class Session:
             source))
 
     def run_active_cell(self) -> None:
-        self.page.evaluate("window.jupyterapp.commands.execute('notebook:run-cell')")
+        # Not awaited: a kernel that never answers must time out below, not hang here.
+        self.page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-cell'); }")
         self.page.wait_for_timeout(50)
         self.wait_all_done()
 
@@ -202,6 +208,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
         pw = sync_playwright().start()
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
         context = browser.new_context(viewport={"width": 1280, "height": 1000})
+        context.set_default_timeout(CELL_TIMEOUT)
         page = context.new_page()
         s = Session(srv=srv, lab=lab, page=page, root=root)
 
@@ -419,6 +426,43 @@ def test_hostile_reply_stays_inert(session: Session) -> None:
         assert not session.blocked, f"requests that would leave 127.0.0.1: {session.blocked}"
 
 
+def test_hostile_markdown_is_inert_in_the_panel(session: Session) -> None:
+    """Every payload of the shared corpus as question, reply and thinking, drawn by the open panel."""
+    page = session.page
+    with session.diagnostics("hostile-panel"):
+        fill = (
+            "import json\n"
+            "from ollama_magic.store import Turn, TurnMeta\n"
+            "_store = get_ipython().magics_manager.registry['OllamaMagics'].store\n"
+            "_store.switch('hostile', create=True)\n"
+            f"for _name, _text in json.loads({json.dumps(json.dumps(PAYLOADS))}).items():\n"
+            "    _store.commit(Turn(({'role': 'user', 'content': _text},\n"
+            "                        {'role': 'assistant', 'content': _text, 'thinking': _text}),\n"
+            "                       TurnMeta(cell_id=_name, model=_text[:40])))\n"
+            "print(len(_store.active.turns))")
+        index = session.insert_cell(fill)
+        session.run_active_cell()
+        assert session.output_text(index).strip() == str(len(PAYLOADS))
+        panel = session.panel()
+        panel.locator(".om-earlier").click()  # draw every turn, not just the last page
+        page.wait_for_function("([el, n]) => el.querySelectorAll('.om-turn').length === n",
+                               arg=[panel.element_handle(), len(PAYLOADS)], timeout=CELL_TIMEOUT, polling=100)
+        for box in panel.locator(".om-think").all():  # open every folded thinking block
+            box.evaluate("el => { el.open = true; }")
+        page.wait_for_timeout(500)  # give any injected handler (img onerror) time to fire
+        flags = sorted(set(re.findall(r"window(?:\.parent)?\.(__\w+)", "".join(PAYLOADS.values()))))
+        fired = page.evaluate("(names) => names.filter(n => typeof window[n] !== 'undefined')", flags)
+        assert fired == [], fired
+        assert page.evaluate(JS_HOSTILE_ELEMENTS) == []
+        fragments = panel.evaluate("el => Array.from(el.querySelectorAll('.om-md'), x => x.innerHTML)")
+        assert len(fragments) >= 3 * len(PAYLOADS) - 1
+        for fragment in fragments:
+            assert violations(fragment, allowed_classes=set()) == [], fragment
+        assert "<script>window.__script=1</script>" in panel.inner_text()  # shown as text
+        assert session.dialogs == [] and not session.blocked, (session.dialogs, session.blocked)
+        assert page.evaluate("() => getComputedStyle(document.body).display") != "none"
+
+
 BIG_TURNS = 1000
 FILL_BIG = f"""
 from ollama_magic.store import Turn, TurnMeta
@@ -440,6 +484,7 @@ JS_TIME_PANEL = """(i) => new Promise((resolve) => {
     const cell = nb.widgets[i];
     const n = cell && cell.node.querySelectorAll('.om-panel .om-turn').length;
     if (n >= 20) requestAnimationFrame(() => resolve({ms: performance.now() - t0, turns: n}));
+    else if (performance.now() - t0 > 60000) resolve({ms: Infinity, turns: n});
     else setTimeout(check, 5);
   };
   window.jupyterapp.commands.execute('notebook:run-cell');
