@@ -197,7 +197,7 @@ def _read(name: str) -> str:
     return (_HERE / name).read_text(encoding="utf-8")
 
 
-class HistoryPanel(anywidget.AnyWidget):  # type: ignore[misc]
+class HistoryPanel(anywidget.AnyWidget):
     """A live, editable view of the active chat of a `ConversationStore`.
 
     list_models: installed model names, or None when the server is unknown
@@ -244,12 +244,13 @@ class HistoryPanel(anywidget.AnyWidget):  # type: ignore[misc]
         self._labels: dict[str, list[tuple[object, str]]] = {}
         self._live: dict[str, Any] | None = None  # the reply in flight: chat, parts sent
         self.sent: list[dict[str, Any]] = []  # recent messages (for tests); bounded
+        models: list[str] | None
         try:
             models = list_models()
         except Exception as exc:
             log.debug("list_models failed: %s", exc)
             models = None
-        self.models = model_names(models) if models is not None else None
+        self.models = model_names(models) if models is not None else None  # type: ignore[assignment]  # None: free text
         self.chat = store.active_name
         for conv in store:
             self._changed[conv.name] = max((x.meta.created for x in conv.turns), default=time.time())

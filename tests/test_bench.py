@@ -54,7 +54,8 @@ def test_bench_quick_writes_every_row(tmp_path: Path) -> None:
     # every row says met / not met / no target, and every section has a verdict against its target
     for r in rows:
         assert r["met"] in (True, False, None), r
-    for section in ("load", "turn", "kernel", "scale", "memory", "files", "panel", "journal", "context"):
+    for section in ("load", "turn", "kernel", "scale", "memory", "files", "panel", "panel_models",
+                    "panel_browser", "journal", "context"):
         assert any(r["met"] is not None and r["target"] for r in by[section]), section
 
     load = by["load"][0]["data"]
@@ -82,6 +83,11 @@ def test_bench_quick_writes_every_row(tmp_path: Path) -> None:
     memory = by["memory"][0]["data"]
     for key in ("tracemalloc-100", "tracemalloc-0", "rss-100", "rss-0"):
         assert memory[key]["turns_bytes"] > 0, key
+
+    models = next(r["data"]["models"] for r in by["panel_models"])
+    assert set(models) == {"10", "100", "1000", "1000+appends"} and len(set(models.values())) == 1, models
+    drawn = next(r["data"] for r in by["panel_browser"])  # JupyterLab + Chromium (CI installs Chromium)
+    _stat(drawn["drawn_s"]), _stat(drawn["floor_s"])
 
     files = by["files"][0]["data"]
     for key in ("save_s", "save_floor_s", "load_s", "load_floor_s"):

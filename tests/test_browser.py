@@ -282,6 +282,8 @@ def test_run_all_streams_replies_and_renders_the_panel(session: Session) -> None
         assert [r.strip() for r in replies] == [REPLY_1, REPLY_2], replies
         assert "2 turns" in panel.locator(".om-head").inner_text()
         assert panel.locator("textarea:visible").count() == 0  # a read view: no text areas until Edit
+        panel.locator(".om-turn").first.locator(".om-cell").click()  # the cell id leads to the cell
+        assert page.evaluate("() => window.jupyterapp.shell.currentWidget.content.activeCellIndex") == 2
         text = session.notebook_text()
         for bad in WIDGET_TROUBLE:
             assert bad not in text, f"{bad!r} is shown in the notebook"

@@ -614,7 +614,7 @@ def test_a_cleared_output_retires_the_panel(panels, wire):
 
 def test_the_reply_in_flight_streams_as_deltas(panels, wire):
     store = filled(2)
-    panel = open_panel(panels, store)
+    open_panel(panels, store)
     mark = wire.mark()
     user = {"role": "user", "content": "tell me"}
     parts: list[str] = []
@@ -634,7 +634,7 @@ def test_the_reply_in_flight_streams_as_deltas(panels, wire):
 
 def test_a_failed_reply_in_flight_is_taken_back(panels, wire):
     store = filled(1)
-    panel = open_panel(panels, store)
+    open_panel(panels, store)
     mark = wire.mark()
     store.stream("default", {"role": "user", "content": "q"}, ["par"])
     store.stream("default", {"role": "user", "content": "q"}, None)
