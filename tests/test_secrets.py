@@ -10,6 +10,8 @@ files, exports nor the panel ever hold them.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from conftest import magics_of, run
@@ -117,15 +119,9 @@ def test_the_panel_holds_no_secret(secret_shell, ollama_server):
     assert run(shell, "%ollama fix").success
     panel = HistoryPanel(magics_of(shell).store)
     try:
-        seen: list[str] = []
-        stack = [panel]
-        while stack:
-            w = stack.pop()
-            for attr in ("value", "description", "placeholder", "tooltip"):
-                v = getattr(w, attr, None)
-                if isinstance(v, str):
-                    seen.append(v)
-            stack.extend(getattr(w, "children", ()) or ())
+        # Everything the panel holds or would send: its synced state, its rows, its fallback output.
+        seen = [json.dumps(panel.get_state()), json.dumps(panel.rows(), default=str),
+                json.dumps(panel._repr_mimebundle_()[0])]
         assert any("ValueError" in v for v in seen)
         assert not _leaks("\n".join(seen))
     finally:
