@@ -26,7 +26,9 @@ Rows (see each function's docstring for what exactly is timed):
                   `ollama` client's work), and `store.commit`
 8. memory         tracemalloc and RSS per 1,000 turns, with and without undo
 9. files          `%ollama save` / `load` at 10k turns vs plain `json.dumps` / `json.loads`
-J. context       `{df}` of a 100,000-row DataFrame into a prompt, vs `str(df)`
+10. panel         `HistoryPanel` over 1,000 turns, commit with a panel open; widget models per
+                  panel at 10/100/1,000 turns; `%ollama history` drawn in JupyterLab + Chromium
+12. context       `{df}` of a 100,000-row DataFrame into a prompt, vs `str(df)`
 11. journal       commit with the SQLite journal at 10k journaled turns, restore, `%load_ext`
 peer column       rows 1-3 for jupyter-ai (`--peer-python`)
 
