@@ -545,7 +545,7 @@ function render({ model, el }) {
       }
       clearHits();
       filtered = q;
-      findInfo.textContent = count(msg.hits.length, "turn") + more + " match";
+      findInfo.textContent = count(msg.hits.length, "turn") + more + (msg.hits.length === 1 ? " matches" : " match");
       ask({ do: "rows", indices: msg.hits.map((x) => x.index) }, (res) => { setRows(res.rows); list.scrollTop = 0; });
     });
   }

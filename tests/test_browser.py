@@ -525,3 +525,36 @@ def test_a_thousand_turn_panel_is_fast_and_saves_small(session: Session) -> None
         grown = nb_path.stat().st_size - before
         print(f"[browser] saved notebook grew by {grown:,} bytes for {text_chars:,} characters of conversation")
         assert grown < text_chars, (grown, text_chars)
+
+
+        # The controls, as a user reaches them: find, delete + Undo right there, find in all chats.
+        find = panel.locator(".om-search")
+        find.fill("question 998 ")
+        page.wait_for_function("(el) => el.querySelector('.om-find-info').innerText === '1 turn matches'"
+                               " && el.querySelectorAll('.om-turn').length === 1", arg=panel.element_handle(),
+                               timeout=CELL_TIMEOUT, polling=50)
+        find.fill("")
+        page.wait_for_function("(el) => el.querySelectorAll('.om-turn').length === 20", arg=panel.element_handle(),
+                               timeout=CELL_TIMEOUT, polling=50)
+        last = panel.locator(".om-turn").last
+        last.hover()
+        last.locator(".om-menu summary").click()
+        last.get_by_role("button", name="Delete turn").click()
+        notice = panel.locator(".om-notice")
+        notice.wait_for(state="visible")
+        assert "deleted turn 1000" in notice.inner_text()
+        assert "999 turns" in panel.locator(".om-head").inner_text()
+        notice.get_by_role("button", name="Undo").click()
+        page.wait_for_function("(el) => el.querySelector('.om-head').innerText.includes('1,000 turns')"
+                               " && el.querySelector('.om-status').innerText.includes('undid deleting turn 1000')",
+                               arg=panel.element_handle(), timeout=CELL_TIMEOUT, polling=50)
+        panel.locator(".om-find input[type=checkbox]").check()
+        find.fill("Second question")
+        hit = panel.locator(".om-hit-row").first
+        hit.wait_for(state="visible")
+        assert hit.inner_text().startswith("default · turn 2")
+        hit.click()
+        page.wait_for_function("(el) => el.querySelector('.om-chat').value === 'default'"
+                               " && !!el.querySelector('.om-turn.om-hit')", arg=panel.element_handle(),
+                               timeout=CELL_TIMEOUT, polling=50)
+        assert "Second question" in panel.locator(".om-turn.om-hit").inner_text()
