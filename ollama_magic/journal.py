@@ -20,6 +20,12 @@ after a reply loses nothing.
   stops a turn: one line says so, the kernel goes on in memory, and the next
   change tries again (writing this notebook's rows in full, as after any
   gap).
+* A failed restore never lets an empty kernel overwrite a notebook's
+  chats: until the restore has succeeded, each cell tries it again first,
+  and so does each write (in its transaction). Before this kernel changed
+  anything it is a normal restore; after, the earlier chats come back
+  beside this kernel's (renamed `NAME-restored` where the name is taken), so
+  both are in memory and in the journal.
 * No secrets: only messages, turn metadata, chat names, models and options
   go in; never the host, headers or keys.
 """
@@ -266,6 +272,8 @@ class _Forgotten:
     texts: list[tuple[Any, ...]]
 
 
+RESTORED_SUFFIX = "-restored"
+
 Plan = Callable[[], None]
 
 
@@ -292,6 +300,11 @@ class Journal:
         self._notes: list[str] = []
         self._paused = False  # after %ollama forget
         self._forgotten: _Forgotten | None = None
+        # The restore on load failed: the journal may hold chats this kernel has
+        # not seen, so no write may replace them until they are read (`_settle`).
+        self._awaiting = False
+        self._touched: set[str] = set()  # chats this kernel changed meanwhile
+        self._quiet = False  # bringing chats in that the next write journals in full
 
     @property
     def enabled(self) -> bool:
@@ -301,16 +314,19 @@ class Journal:
     def attach(self, store: ConversationStore, *, restore: bool = False) -> Restored | None:
         """Journal every change of `store` from now on; first restore this notebook if asked.
 
-        A failed restore is said once and the kernel starts empty.
+        A failed restore is said once; the kernel starts empty, and the restore
+        is tried again before the next cell (`retry`) or write.
         """
         self.detach()
         self._store = store
+        self._awaiting, self._touched = False, set()
         found = None
         if restore and self.notebook and self.path is not None:
             try:
                 found = self.restore(undoable=False)  # a new kernel has no earlier state to undo to
             except Exception as exc:
                 self._fail(exc)
+                self._awaiting = True
         self._unsubscribe = store.subscribe(self._on_event)
         return found
 
@@ -418,6 +434,10 @@ class Journal:
 
     # -- writing ----------------------------------------------------------------
     def _on_event(self, event: Event) -> None:
+        if self._quiet:
+            return
+        if self._awaiting and event.kind != "switched":
+            self._touched.add(event.chat)
         if self._paused or self.path is None or self._store is None:
             return
         self.write(event)
@@ -434,6 +454,10 @@ class Journal:
                 conn.execute("ROLLBACK")
             with _immediate(conn):
                 self._version(conn)
+                if self._awaiting:  # read what the failed restore missed before writing over it
+                    if line := self._settle(self.read()):
+                        self._say(line)
+                    dirty = True
                 plan, seq = self._apply(conn, event, dirty)
         except Exception as exc:  # whatever it is, the turn goes on in memory
             self._fail(exc)
@@ -623,12 +647,17 @@ class Journal:
         found = self.read(key)
         if found is None:
             return None
-        for chat in found.rows.values():
-            for row in chat.rows:
-                self._known[id(row.turn)] = row  # rows of other notebooks are copied with their origin
+        self._take(found, undoable=undoable)
+        return found
+
+    def _take(self, found: Restored, *, undoable: bool) -> None:
+        store = self._store
+        assert store is not None
+        self._remember(found)
         if found.key != self.key or self._paused:
             store.absorb(found.chats, found.active, undoable=undoable)  # journaled as changes of this notebook
-            return found
+            return
+        self._awaiting, self._touched = False, set()
         # This notebook's own rows: the mirror is the database as read, so the
         # absorb is not a change to write (and its date stays the last real one).
         listening = self._unsubscribe is not None
@@ -640,8 +669,72 @@ class Journal:
                 self._unsubscribe = store.subscribe(self._on_event)
         self._chats.update(found.rows)
         self._seq = found.seq
-        self._dirty = False
-        return found
+        self._dirty = any(name not in found.rows for name in store.names)  # chats the journal lacks
+
+    def _remember(self, found: Restored) -> None:
+        for chat in found.rows.values():
+            for row in chat.rows:
+                self._known[id(row.turn)] = row  # a row copied elsewhere keeps its request and origin
+
+    def retry(self) -> str | None:
+        """Before a cell: if the restore on load failed, try it again; the line to show when it worked."""
+        if not self._awaiting or self._paused or self.path is None or self._store is None:
+            return None
+        try:
+            found = self.read()
+        except Exception as exc:
+            self._fail(exc)  # the same problem is not said again
+            return None
+        self._problem = None
+        changed = bool(self._touched)
+        line = self._settle(found)
+        if changed:
+            self.write(None)  # this kernel's changes missed the disk too: journal both now
+        return line
+
+    def _settle(self, found: Restored | None) -> str | None:
+        """The journal is readable after a failed restore: bring its chats in, losing none of this kernel's.
+
+        Nothing changed yet: the restore on load, late (its line is returned).
+        Else the earlier chats join this kernel's, each under its own name
+        unless this kernel changed a chat of that name (then `NAME-restored`);
+        said in one line. The caller's next write journals them all.
+        """
+        store = self._store
+        assert store is not None
+        touched, self._awaiting, self._touched = self._touched, False, set()
+        if found is None:
+            return None  # nothing journaled for this notebook: nothing to lose
+        if not touched:
+            self._take(found, undoable=False)
+            return found.line()
+        self._remember(found)
+        taken = set(store.names) | {c.name for c in found.chats}
+        back: list[Conversation] = []
+        renamed: list[str] = []
+        for conv in found.chats:
+            if conv.name in store and conv.name in touched:
+                if not conv.turns and not conv.system:
+                    continue  # an empty chat: nothing of it to lose
+                name = _free_name(conv.name, taken)
+                taken.add(name)
+                renamed.append(f"{conv.name} is now {name}")
+                conv = Conversation(name, conv.model, conv.system, conv.options, list(conv.turns))
+            back.append(conv)
+        if not back:
+            return None
+        self._quiet = True
+        try:
+            store.absorb(back, None, undoable=False)
+        finally:
+            self._quiet = False
+        self._dirty = True
+        n, t = len(back), sum(len(c.turns) for c in back)
+        self._say(f"the journal could not be read when this kernel started, and this kernel has changed its chats "
+                  f"since: restored {n} earlier chat{'s' if n != 1 else ''}, {t} turn{'s' if t != 1 else ''} from "
+                  f"{_stamp(found.updated)} beside them{' (' + '; '.join(renamed) + ')' if renamed else ''}; "
+                  "%ollama chats lists them all.")
+        return None
 
     # -- replay -------------------------------------------------------------------
     def replay(self, request: ChatRequest, view: Sink, *, fresh: bool = False) -> tuple[list[Message], Reply] | None:
@@ -782,6 +875,14 @@ class Journal:
 
 def _nothing() -> None:
     return None
+
+
+def _free_name(name: str, taken: set[str]) -> str:
+    candidate, n = name + RESTORED_SUFFIX, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}{RESTORED_SUFFIX}{n}"
+    return candidate
 
 
 def _show_tools(view: Sink, exchange: Iterable[Message]) -> None:

@@ -163,6 +163,8 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
     def pre_run_cell(self, info: Any) -> None:
         self.cell_id = getattr(info, "cell_id", None) or None
         self._cell_source = getattr(info, "raw_cell", None)
+        if line := self.journal.retry():  # the restore on load failed; it works now
+            print(line)
 
     def post_run_cell(self, result: Any) -> None:
         self.stale.ran(getattr(result.info, "cell_id", None), result.execution_count)

@@ -20,6 +20,7 @@ import pytest
 from IPython.core.error import UsageError
 
 from conftest import interrupt_main_after, magics_of, run
+from journal_util import locked
 from ollama_magic import journal as journal_mod
 from ollama_magic.chat import ChatRequest
 from ollama_magic.journal import Journal, request_key
@@ -37,8 +38,9 @@ def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-def new_kernel(ip: Any, monkeypatch: pytest.MonkeyPatch, capsys: Any, notebook: Path | None) -> str:
-    """What a kernel restart does to the journal: a new process id, a fresh %load_ext."""
+def new_kernel(ip: Any, monkeypatch: pytest.MonkeyPatch, capsys: Any, notebook: Path | None,
+               *, model: bool = True) -> str:
+    """What a kernel restart does to the journal: a new process id, a fresh %load_ext (then a model, a change)."""
     monkeypatch.setattr(journal_mod, "KERNEL", uuid.uuid4().hex)
     if notebook is None:
         monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
@@ -47,7 +49,8 @@ def new_kernel(ip: Any, monkeypatch: pytest.MonkeyPatch, capsys: Any, notebook: 
     capsys.readouterr()
     ip.run_line_magic("reload_ext", "ollama_magic")
     out = capsys.readouterr()
-    ip.run_line_magic("ollama", "model llama3.2")
+    if model:
+        ip.run_line_magic("ollama", "model llama3.2")
     return out.out + out.err
 
 
@@ -339,6 +342,70 @@ def test_locked_journal_goes_on_in_memory_and_catches_up(shell, ollama_server, d
     assert "locked" not in capsys.readouterr().err
     new_kernel(shell, monkeypatch, capsys, nb)
     assert turns_of(shell) == ["before the lock", "while locked", "still locked", "after the lock"]
+
+
+def test_a_restore_that_failed_on_load_happens_before_the_next_cell(shell, ollama_server, db, monkeypatch,
+                                                                     capsys, tmp_path):
+    nb = tmp_path / "n.ipynb"
+    new_kernel(shell, monkeypatch, capsys, nb)
+    run(shell, "%%ollama\nfirst", "a")
+    run(shell, "%%ollama\nsecond", "b")
+    shell.run_line_magic("unload_ext", "ollama_magic")  # the old kernel ends
+    with locked(db):  # another process holds the file at %load_ext: even reading it fails
+        out = new_kernel(shell, monkeypatch, capsys, nb, model=False)
+        assert out.count("is locked by another process") == 1 and "restored" not in out
+        run(shell, "x = 1", "x")  # still locked: the retry fails, silently (said once)
+        assert capsys.readouterr().err == ""
+    assert turns_of(shell) == []
+    ollama_server.reset()
+    run(shell, "%%ollama\nthird", "c")  # this cell restores first, then asks with the whole dialogue
+    out = capsys.readouterr().out
+    assert out.count("restored 1 chat, 2 turns from ") == 1
+    assert users(ollama_server.last_chat()) == ["first", "second", "third"]
+    run(shell, "y = 2", "y")
+    assert "restored" not in capsys.readouterr().out  # once
+    new_kernel(shell, monkeypatch, capsys, nb)
+    assert turns_of(shell) == ["first", "second", "third"]
+
+
+def test_a_failed_restore_never_lets_this_kernels_changes_replace_the_journal(shell, ollama_server, db,
+                                                                              monkeypatch, capsys, tmp_path):
+    nb = tmp_path / "n.ipynb"
+    new_kernel(shell, monkeypatch, capsys, nb)
+    run(shell, "%%ollama\nfirst", "a")
+    run(shell, "%%ollama\nsecond", "b")
+    run(shell, "%%ollama -c side\naside", "s")
+    run(shell, "%ollama chat default", "home")
+    shell.run_line_magic("unload_ext", "ollama_magic")
+    with locked(db):
+        assert "is locked by another process" in new_kernel(shell, monkeypatch, capsys, nb)
+        run(shell, "%%ollama\nnew in this kernel", "n")  # asked without the history it could not read
+        assert users(ollama_server.last_chat()) == ["new in this kernel"]
+    capsys.readouterr()
+    # Free again; the next change comes from outside a cell (as a history-panel edit does),
+    # so it is the write itself that reads the earlier chats before writing anything.
+    store = magics_of(shell).store
+    store.edit(0, "an edited reply")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "could not be read when this kernel started" in err
+    assert "restored 2 earlier chats, 3 turns from " in err and "default is now default-restored" in err
+    assert store.names == ["default", "default-restored", "side"] and store.active_name == "default"
+    assert turns_of(shell) == ["new in this kernel"]
+    assert [t.user["content"] for t in store.get("default-restored").turns] == ["first", "second"]
+    assert store.get("default").turns[0].reply["content"] == "an edited reply"
+
+    # Both are in the journal: the next kernel restores all of it.
+    out = new_kernel(shell, monkeypatch, capsys, nb)
+    assert "restored 3 chats, 4 turns" in out
+    store = magics_of(shell).store
+    assert {c.name: [t.user["content"] for t in c.turns] for c in store} == {
+        "default": ["new in this kernel"], "default-restored": ["first", "second"], "side": ["aside"]}
+    assert store.get("default").turns[0].reply["content"] == "an edited reply"
+    # The earlier turns keep their request keys: re-running them in a later kernel replays.
+    ollama_server.reset()
+    run(shell, "%ollama chat default-restored", "go")
+    run(shell, "%%ollama\nthird", "c")
+    assert users(ollama_server.last_chat()) == ["first", "second", "third"]
 
 
 def test_full_disk_goes_on_in_memory(shell, ollama_server, db, monkeypatch, capsys, tmp_path):
