@@ -180,3 +180,37 @@ def test_restart_and_run_all_replays_without_asking(notebook, ollama_server):
         fourth = run_all(k, [("c1", "%%ollama --fresh --system 'Be brief.'\nfirst question"), *changed[1:]])
         assert [users(b) for b in ollama_server.chat_requests()] == [["first question"]]
         assert "replayed" not in fourth["c1"] and "replayed from " in fourth["c3"]
+
+
+def test_a_journal_locked_at_load_is_restored_later_beside_what_the_kernel_did(notebook, ollama_server):
+    from journal_util import locked
+
+    nb, db = notebook
+    with nb_kernel(nb, ollama_server.host, db) as k:
+        run(k, LOAD, "load")
+        run(k, "%ollama model llama3.2", "model")
+        run(k, "%%ollama\nquestion 1", "c1")
+        run(k, "%%ollama\nquestion 2", "c2")
+
+    with nb_kernel(nb, ollama_server.host, db) as k:
+        with locked(db):  # another process holds the journal while the new kernel loads and works
+            out = run(k, LOAD, "load")
+            assert "is locked by another process" in out and "restored" not in out
+            run(k, "%ollama model llama3.2", "model")
+            run(k, "%%ollama\nasked while locked", "c3")
+            assert users(ollama_server.last_chat()) == ["asked while locked"]
+        out = run(k, "%ollama chats", "list")  # free again: this cell first brings the earlier chat back
+        assert "restored 1 earlier chat, 2 turns from " in out and "default is now default-restored" in out
+        listed = [line.split() for line in run(k, "%ollama chats", "list").splitlines()]
+        assert [row[:3] for row in listed if row[0] == "*"] == [["*", "default", "llama3.2"]]
+        assert ["default-restored", "llama3.2", "2"] in [row[:3] for row in listed]
+        ollama_server.reset()
+        run(k, "%%ollama\nfollow-up", "c4")  # this kernel's chat stays active
+        assert users(ollama_server.last_chat()) == ["asked while locked", "follow-up"]
+
+    with nb_kernel(nb, ollama_server.host, db) as k:
+        assert "restored 2 chats, 4 turns" in run(k, LOAD, "load")
+        chats = {c["name"]: [t["messages"][0]["content"] for t in c["turns"]]
+                 for c in json.loads(run(k, DUMP, "dump"))["chats"]}
+        assert chats == {"default": ["asked while locked", "follow-up"],
+                         "default-restored": ["question 1", "question 2"]}
