@@ -792,6 +792,17 @@ class Journal:
             "  WHERE c.session = s.id AND c.removed = 0 AND t.live = 1), s.updated "
             "FROM sessions s ORDER BY s.updated DESC").fetchall()
 
+    def console_key(self, prefix: str) -> str:
+        """The console session `prefix` (`console:ID` as listed) names; one line if none or several."""
+        conn = self._open(write=False)
+        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        keys = [k for (k,) in conn.execute("SELECT key FROM sessions WHERE notebook = 0 AND key LIKE ? ESCAPE '\\'",
+                                            (pattern,))] if conn is not None else []
+        if len(keys) != 1:
+            what = "no console session" if not keys else f"{len(keys)} console sessions"
+            raise JournalError(f"the journal holds {what} starting with {prefix!r}; %ollama sessions lists them.")
+        return str(keys[0])
+
     def search(self, text: str, limit: int = 20) -> list[tuple[float, str, str, bool, list[Message]]]:
         """(when, notebook, chat, live, messages) of journaled turns containing `text`, newest first."""
         conn = self._open(write=False)

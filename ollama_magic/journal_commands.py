@@ -32,8 +32,13 @@ def _plain(text: str, limit: int = _SNIPPET) -> str:
     return out if len(out) <= limit else out[: limit - 1] + "…"
 
 
+_CONSOLE = "console:"
+_CONSOLE_ID = 8  # hex digits of a console's id shown; enough to tell consoles apart
+
+
 def _where(key: str) -> str:
-    return "(console)" if key.startswith("console:") else key
+    """A session as listed: the notebook's path, or `console:ID` (what `%ollama restore` takes)."""
+    return key[: len(_CONSOLE) + _CONSOLE_ID] if key.startswith(_CONSOLE) else key
 
 
 class JournalCommands:
@@ -66,10 +71,14 @@ class JournalCommands:
             print(f"{mark} {stamp}  {chats:>3} chat{'s' if chats != 1 else ' '}  {turns:>5} turn{'s' if turns != 1 else ' '}  {_plain(_where(key), 200)}")
 
     @subcommand("restore", "bring back a notebook's journaled chats (default: this one; undoable)")
-    @argument("path", nargs="?", metavar="PATH", help="the notebook whose chats to bring back")
+    @argument("path", nargs="?", metavar="PATH", help="the notebook whose chats to bring back, or console:ID from %%ollama sessions")
     def _sub_restore(self, args: argparse.Namespace) -> None:
         journal = self._journal_on()
-        key = os.path.abspath(os.path.expanduser(args.path)) if args.path else None
+        key = None
+        if args.path and args.path.startswith(_CONSOLE):  # a terminal's or bare kernel's session, by its listed id
+            key = self._journal_call(journal.console_key, args.path)
+        elif args.path:
+            key = os.path.abspath(os.path.expanduser(args.path))
         found = self._journal_call(journal.restore, key)
         if found is None:
             where = args.path or ("this notebook" if journal.notebook else "this console")

@@ -107,6 +107,28 @@ def test_console_is_journaled_but_not_restored_automatically(shell, ollama_serve
     assert turns_of(shell) == ["in a console"]
 
 
+def test_a_new_console_brings_back_an_earlier_consoles_chats_by_its_listed_id(shell, ollama_server, db,
+                                                                              monkeypatch, capsys):
+    new_kernel(shell, monkeypatch, capsys, None)
+    run(shell, "%%ollama\nin the first console")
+    first = journal_mod.KERNEL
+    new_kernel(shell, monkeypatch, capsys, None)  # a new terminal IPython: its own console, empty
+    run(shell, "%%ollama\nin the second console")
+    capsys.readouterr()
+    shell.run_line_magic("ollama", "sessions")
+    listed = capsys.readouterr().out
+    assert f"console:{first[:8]}" in listed and first[8:] not in listed
+    new_kernel(shell, monkeypatch, capsys, None)
+    shell.run_line_magic("ollama", f"restore console:{first[:8]}")
+    assert "restored 1 chat, 1 turn from" in capsys.readouterr().out
+    assert turns_of(shell) == ["in the first console"]
+    with pytest.raises(UsageError, match="no console session starting with 'console:zz'"):
+        shell.run_line_magic("ollama", "restore console:zz")
+    with pytest.raises(UsageError, match="3 console sessions starting with 'console:'"):
+        shell.run_line_magic("ollama", "restore console:")  # the restore is journaled in this third one
+    assert turns_of(shell) == ["in the first console"]
+
+
 # -- restore --------------------------------------------------------------------------
 def test_restore_off_and_restore_on_demand_after_a_rename(shell, ollama_server, db, monkeypatch, capsys, tmp_path):
     old, new = tmp_path / "old.ipynb", tmp_path / "new.ipynb"
