@@ -105,7 +105,7 @@ def check_common(cells: dict[str, Any]) -> None:
     assert text(cells["before-error"]) == text(cells["after-error"])  # the failed turn changed nothing
     assert "(from OLLAMA_HOST)" in text(cells["config"])
     assert "%ollama fork" in text(cells["help"])
-    assert re.search(r"^\* .* \d+ turns +\(console\)$", text(cells["sessions"]), re.M)  # nbclient: no notebook path
+    assert re.search(r"^\* .* \d+ turns +console:[0-9a-f]{8}$", text(cells["sessions"]), re.M)  # nbclient: no notebook path
     assert "you:   Explain Python decorators" in text(cells["log"])  # the question as first asked
 
 
