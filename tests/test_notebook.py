@@ -347,6 +347,12 @@ def test_history_in_a_terminal_takes_last_and_chat(shell, ollama_server, capsys)
     shell.run_line_magic("ollama", "history --chat side")
     out = capsys.readouterr().out
     assert out.startswith("# side") and "elsewhere" in out and "three" not in out
+    ollama_server.reply = "ok\x1b]0;pwned\x07 \x1b[8mhidden"
+    run(shell, "%%ollama\nescape me")
+    capsys.readouterr()
+    shell.run_line_magic("ollama", "history --last 1")
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\\x1b]0;pwned" in out  # escapes shown, not obeyed
     res = run(shell, "%ollama history --last 0")
     assert isinstance(res.error_in_exec, UsageError) and "--last" in str(res.error_in_exec)
     res = run(shell, "%ollama history --chat nope")
