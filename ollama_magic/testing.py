@@ -1232,11 +1232,16 @@ class OllamaTestServer:
         if messages:
             # chatPrompt: drop whole messages from the front until the prompt
             # fits; system messages from the dropped part and the last
-            # message always stay.
-            for cut in range(len(messages)):
-                kept = [m for m in messages[:cut] if m.get("role") == "system"] + messages[cut:]
-                if sum(map(cost, kept)) <= window:
+            # message always stay. (Running sums: a 20,000-message prompt is cut in linear time.)
+            costs = [cost(m) for m in messages]
+            rest, systems, cut = sum(costs), 0, len(messages) - 1
+            for i, (m, c) in enumerate(zip(messages, costs)):
+                if systems + rest <= window:
+                    cut = i
                     break
+                rest -= c
+                systems += c if m.get("role") == "system" else 0
+            kept = [m for m in messages[:cut] if m.get("role") == "system"] + messages[cut:]
         too_long = sum(map(cost, kept)) > window
         n = len(kept)
         prompt_eval_count = sum(map(cost, kept))

@@ -180,3 +180,19 @@ def test_estimate_of_a_huge_history_stops_once_past_any_window():
     total, complete = window.estimate_tail(msgs, 65_536)
     assert total > 65_536 and not complete and Counted.reads < 700
     assert window.estimate_tail(msgs[:10], 65_536) == (pytest.approx(window.estimate(msgs[:10])), True)
+
+
+def test_the_test_server_cuts_long_prompts_like_ollama_in_linear_time(ollama_server, monkeypatch):
+    """The server's cut (what these tests rely on) keeps systems and the newest messages that fit,
+    and a 20,000-message prompt no longer takes minutes (it ran the benchmark into its timeout)."""
+    import ollama
+
+    ollama_server.num_ctx = 50
+    msgs = [{"role": "system", "content": "be brief"}]
+    for i in range(10_000):
+        msgs += [{"role": "user", "content": f"q {i}"}, {"role": "assistant", "content": f"a {i}"}]
+    msgs.append({"role": "user", "content": "last one"})
+    reply = ollama.Client(host=ollama_server.host, timeout=60).chat("llama3.2", messages=msgs)
+    # system (3) + the newest 15 messages of 3 tokens, then "last one" (3): 3 + 15*3 + ... <= 50
+    assert reply.prompt_eval_count <= 50
+    assert reply.message.content.startswith(f"I saw {(50 - 3) // 3 + 1} messages")
