@@ -123,3 +123,22 @@ def test_staleness_survives_the_journal(shell, ollama_server, tmp_path, monkeypa
     assert stale_of(shell) == {}
     run(shell, "v = 'second'")
     assert stale_of(shell) == {0: ["v"]}
+
+
+def test_stale_in_a_real_kernel_names_the_cell_and_clears_on_rerun(ollama_server, tmp_path):
+    """As JupyterLab runs it: cellId metadata, the footer names In [n], re-running that cell clears it."""
+    from kernel_util import kernel
+
+    env = {"OLLAMA_HOST": ollama_server.host, "OLLAMA_MAGIC_DB": str(tmp_path / "j.db")}
+    with kernel(env) as k:
+        assert k.execute("%load_ext ollama_magic\n%ollama model llama3.2", cell_id="load").status == "ok"
+        assert k.execute("import pandas as pd\ndf = pd.DataFrame({'x': [1, 2]})", cell_id="data").status == "ok"
+        ask = k.execute("%%ollama\nSum of {df}?", cell_id="ask")
+        assert ask.status == "ok" and "pandas DataFrame: 2 rows × 1 columns" in ask.text
+        count = ask.reply["content"]["execution_count"]
+        assert k.execute("df = pd.DataFrame({'x': [5, 6]})", cell_id="data").status == "ok"
+        nxt = k.execute("%%ollama\nAnd now?", cell_id="next")
+        assert f"turn 1 used {{df}}, changed since; re-run In [{count}] to refresh it" in nxt.text
+        assert "{df} changed since" in k.execute("%ollama stale", cell_id="stale").text
+        assert k.execute("%%ollama\nSum of {df}?", cell_id="ask").status == "ok"  # rewinds "next" too
+        assert k.execute("%ollama stale", cell_id="stale").text.startswith("No stale turns")
