@@ -142,12 +142,13 @@ def test_auto_grows_before_the_same_cut(nb_shell, ollama_server):
     (30000, 16384, 16384, None, 16384, 16384),  # cannot grow: stays
 ])
 def test_plan(prompt, window, auto, trained, cap, expected):
-    out = window_plan = window_mod_plan(prompt, window, auto, trained, cap)
+    out = plan_for(prompt, window, auto, trained, cap)
     assert out.num_ctx == expected
-    assert window_plan.window == (expected or window)
+    assert out.window == (expected or window)
+    assert out.raised == (expected is not None and expected != auto)
 
 
-def window_mod_plan(prompt: int, win: int, auto: int | None, trained: int | None, cap: int) -> window.Plan:
+def plan_for(prompt: int, win: int, auto: int | None, trained: int | None, cap: int) -> window.Plan:
     return window.plan(prompt=prompt, window=win, explicit=None, auto=auto, trained=trained, max_num_ctx=cap)
 
 
