@@ -91,6 +91,7 @@ class ChatRequest:
     think: bool | str | None = None
     tools: Mapping[str, Callable[..., Any]] | None = None
     stream: bool = True
+    keep_alive: float | str | None = None  # Ollama's default (5 m) when None
 
 
 @dataclass
@@ -159,6 +160,7 @@ def send(client: ollama.Client, req: ChatRequest, reply: Reply,
         "format": req.format or None,
         "think": req.think,
         "tools": list(req.tools.values()) if req.tools else None,
+        "keep_alive": req.keep_alive,
     }
     if not req.stream:
         reply._take(client.chat(stream=False, **kwargs))

@@ -23,6 +23,7 @@ from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_ar
 
 from .chat import _same_model
 from .errors import OllamaMagicError, did_you_mean, redact_host
+from .options import check_options
 from .parsing import parse_options, split_args
 from .routing import refuse_near_miss
 from .store import ConversationStore
@@ -235,6 +236,8 @@ class Subcommands:
                     new.pop(key, None)
                 else:
                     new[key] = value
+            if problem := check_options(new):  # before anything is stored (options.py: api/types.go)
+                raise OllamaMagicError(problem)
             self.store.set_options(new)
         merged = {**self.options, **conv.options}
         shown = json.dumps(merged) if merged else "(server defaults)"

@@ -126,12 +126,26 @@ def translate(exc: BaseException, *, host: str, host_source: str, model: str,
         )
     if isinstance(exc, ollama.ResponseError):
         text = _one_line(exc.error)
-        if exc.status_code == 404 and "not found" in text:
+        if exc.status_code in (401, 403):
+            signin = _signin_url(exc)
+            return OllamaMagicError(
+                f"Ollama at {host} refused the request (HTTP {exc.status_code}{': ' + text if text else ''}). "
+                "For Ollama's cloud set OLLAMA_API_KEY; for a proxy set %config OllamaMagics.headers = {...}"
+                + (f"; or sign in at {signin}" if signin else "") + f".{lost}"
+            )
+        if exc.status_code == 404 and not _about_a_model(text):
+            # A wrong path prefix or a proxy's "404 page not found", not Ollama's "model 'x' not found".
+            return OllamaMagicError(
+                f"Ollama at {host} answered HTTP 404 ({text or 'no body'}): that address does not serve the "
+                f"Ollama API. Check OLLAMA_HOST ({host_source}): it takes the server's root, like "
+                f"http://127.0.0.1:11434, without /api or /v1.{lost}"
+            )
+        if exc.status_code == 404:
             names = ", ".join(installed) if installed else "none"
             hint = did_you_mean(model, installed or [])
             return OllamaMagicError(
                 f"Model {model!r} is not installed on {host}{hint}. Installed: {names}. "
-                f"Run `ollama pull {model}` or choose one with `%ollama model NAME`."
+                f"Run `%ollama pull {model}` (or `ollama pull {model}`) or choose one with `%ollama model NAME`."
             )
         if exc.status_code == -1 or started:
             return OllamaMagicError(f"Ollama reported an error mid-reply: {text}.{lost}")
@@ -157,6 +171,22 @@ def translate(exc: BaseException, *, host: str, host_source: str, model: str,
             f"({where}: {_one_line(first.get('msg', 'invalid'), 120)}).{lost} Is it an Ollama server?"
         )
     return None
+
+
+def _about_a_model(text: str) -> bool:
+    """Ollama's 404s for models: "model 'x' not found" (routes.go), older "model \"x\" not found, try pulling it first"."""
+    return "model" in text.lower() and "not found" in text
+
+
+def _signin_url(exc: BaseException) -> str | None:
+    """The `signin_url` Ollama's 401 carries (routes.go ChatHandler); the client keeps only `error`,
+    but the httpx error it was raised from still holds the body."""
+    response = getattr(exc.__context__, "response", None)
+    try:
+        url = json.loads(response.text).get("signin_url") if response is not None else None
+    except (ValueError, AttributeError, TypeError):
+        return None
+    return _one_line(url, 200) if isinstance(url, str) and url.startswith("https://") else None
 
 
 def _one_line(text: object, limit: int = 300) -> str:

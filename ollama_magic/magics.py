@@ -24,14 +24,17 @@ from typing import TYPE_CHECKING, Any, cast
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
-from traitlets import Bool, Dict, Enum, Float, Int, Unicode, default, observe
+from traitlets import Bool, Dict, Enum, Float, Int, TraitError, Unicode, Union, default, observe, validate
 
 from . import chat, context, window
+from .models import ModelInfo, PromptShape, lacks_message, server_capability
+from .options import check_options, keep_alive_value
 from .commands import Subcommands
 from .errors import Interrupted, OllamaMagicError, did_you_mean, host_secrets, is_http_status, redact_host, scrub, translate
 from .interpolate import default_renderer, interpolate_refs
 from .journal import Journal, default_path, session_key
 from .journal_commands import JournalCommands
+from .lifecycle import Lifecycle
 from .live import Feed
 from .parsing import first_code_block, parse_options, split_args
 from .names import check_out_name, format_hint, is_tool, tool_error
@@ -49,7 +52,7 @@ DEFAULT_HOST = "http://127.0.0.1:11434"
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _ERROR_CHARS = 4000
 _INTERNAL = re.compile(r"[/\\\\](IPython|ipykernel)[/\\\\]")
-_WINDOW_TTL = 60.0  # seconds a model's context window is trusted
+_LOOKUP_TIMEOUT = 3.0  # seconds for /api/show and /api/ps hints: they never hold up a turn for long
 
 
 def _user_traceback(err: BaseException) -> str:
@@ -95,7 +98,7 @@ class SecretHost(Unicode):  # type: ignore[type-arg]
 
 
 @magics_class
-class OllamaMagics(JournalCommands, Subcommands, Magics):
+class OllamaMagics(Lifecycle, JournalCommands, Subcommands, Magics):
     """Chat with an Ollama model from notebook cells; each cell continues the conversation."""
 
     host = SecretHost(None, allow_none=True, help="Ollama server URL; default: $OLLAMA_HOST, else http://127.0.0.1:11434.").tag(config=True)
@@ -104,7 +107,8 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
     options = Dict(help="Ollama options for every request (a chat's own options and -o override them).").tag(config=True)
     headers = SecretDict(help="Extra HTTP headers for the server (e.g. auth for a remote Ollama); never shown.").tag(config=True)
     rerun = Enum(["rewind", "append"], "rewind", help="Re-running a cell replaces its turn (rewind) or adds a new one (append).").tag(config=True)
-    default_num_ctx = Int(4096, help="Context window assumed when neither the options nor the server say.").tag(config=True)
+    default_num_ctx = Int(4096, help="The server's default window (OLLAMA_CONTEXT_LENGTH, else 4096/32768/262144 by VRAM), assumed when neither the options, /api/ps nor the model's parameters say.").tag(config=True)
+    keep_alive = Union([Float(), Unicode()], default_value=None, allow_none=True, help="How long Ollama keeps the model loaded after each request: seconds, or a duration like '30m' or '2h'; negative = until the server stops; None = the server's default (5 m).").tag(config=True)
     max_tool_rounds = Int(5, help="Tool-call rounds per cell before giving up.").tag(config=True)
     display_rate = Float(15.0, help="Most display updates per second while a reply streams.").tag(config=True)
     rich = Enum(["auto", "on", "off"], "auto", help="Rich (notebook) output or plain text; auto asks the frontend.").tag(config=True)
@@ -116,6 +120,16 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
     db = Unicode(help="SQLite journal that keeps every chat across kernels; '' turns it off. Default: $OLLAMA_MAGIC_DB, else ollama_magic.db in the IPython profile directory.").tag(config=True)
     restore = Enum(["auto", "off"], "auto", help="On %load_ext, bring back this notebook's journaled chats (auto) or start empty (off).").tag(config=True)
     replay = Bool(True, help="Answer a request an earlier kernel of this notebook already asked from the journal (--fresh asks anyway).").tag(config=True)
+
+    @validate("options")
+    def _valid_options(self, proposal: Any) -> Any:
+        if problem := check_options(proposal["value"], "OllamaMagics.options:"):
+            raise TraitError(problem)
+        return proposal["value"]
+
+    @validate("keep_alive")
+    def _valid_keep_alive(self, proposal: Any) -> Any:
+        return keep_alive_value(proposal["value"], "OllamaMagics.keep_alive", TraitError)
 
     @default("model")
     def _default_model(self) -> str | None:
@@ -139,9 +153,11 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
         self.last_reply: str | None = None
         self.last_error: tuple[str, str] | None = None  # (code, traceback) of the last failing cell
         self._auto_model: str | None = None
-        self._windows: dict[tuple[str, str], tuple[float, int | None]] = {}
         self.panels: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._trained: dict[tuple[str, str], int | None] = {}
+        # What the server says about models (capabilities, windows), with short timeouts of its own.
+        self.models = ModelInfo(lambda: chat.client_for(self._host()[0], dict(self.headers), min(self.timeout, _LOOKUP_TIMEOUT)),
+                                lambda: self._host()[0])
+        self._shapes: dict[str, PromptShape] = {}  # chat -> the last stored request's shape
         self.sizer = window.Sizer(lambda model: self.context_window(model), self.trained_length)
         self.stale = context.Staleness(lambda: self.shell.user_ns if self.shell is not None else {},
                                        lambda: self.max_var_chars)
@@ -195,6 +211,10 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
         if isinstance(exc, OllamaMagicError):  # already one line (a bad host URL, ...)
             return exc
         host, source = self._host()
+        # The server's own 400 for think/tools without the capability: the same line as our check.
+        if is_http_status(exc, 400) and (capability := server_capability(str(getattr(exc, "error", "")))):
+            self.models.forget(model)
+            return OllamaMagicError(self._lacks(model, capability))
         installed = None
         if is_http_status(exc, 404):
             installed = self._installed_or_none()
@@ -251,7 +271,9 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
     @argument("-o", "--option", action="append", metavar="KEY=VALUE", help="Ollama option for this turn (repeatable); VALUE is JSON when it parses")
     @argument("-t", "--temperature", type=float, help="shorthand for -o temperature=X")
     @argument("--format", help="'json', or a variable holding a JSON schema (dict or pydantic model)")
-    @argument("--think", nargs="?", const=True, choices=[True, "high", "medium", "low"], help="ask the model to think first (optionally high/medium/low)")
+    @argument("--think", nargs="?", const=True, choices=[True, "true", "false", "high", "medium", "low"], help="thinking on (optionally high/medium/low) or off (false); a thinking model thinks unless told not to")
+    @argument("--no-think", dest="think", action="store_const", const=False, help="turn thinking off (sends think: false)")
+    @argument("--keep-alive", metavar="DURATION", help="how long Ollama keeps the model loaded after this turn: seconds or e.g. 30m, -1 = keep")
     @argument("--image", action="append", metavar="PATH|VAR", help="attach an image: a file, or a variable with bytes, a PIL image or a matplotlib figure (repeatable)")
     @argument("--tools", metavar="NAME[,NAME]", help="offer these functions from the namespace to the model")
     @argument("--error", action="store_true", help="put the last failing cell's code and traceback before the question")
@@ -318,6 +340,9 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
         options.update(conv.options)
         options.update(turn_opts)
         model = self.resolve_model(args.model or conv.model)
+        think = {"true": True, "false": False}.get(args.think, args.think) if isinstance(args.think, str) else args.think
+        self._check_request(model, think, tools, bool(args.image), options)
+        keep_alive = self.keep_alive if args.keep_alive is None else keep_alive_value(args.keep_alive, "--keep-alive", OllamaMagicError)
         base = 0 if args.new or target.create else store.base_for(cell_id, chat=target.name, rerun=self._rerun)
         system = conv.system if args.system is None else (args.system or None)
         messages = conv.history(base, system=system)
@@ -326,7 +351,7 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
         if sizing.num_ctx:
             options["num_ctx"] = sizing.num_ctx
         request = chat.ChatRequest(model, messages + [user], options or None, fmt,
-                                   args.think, tools, stream=not args.no_stream)
+                                   think, tools, stream=not args.no_stream, keep_alive=keep_alive)
         client = self.client()
         # The placeholder goes up last, right before the request: from here on
         # every exit (reply, error, interrupt) replaces it.
@@ -361,13 +386,21 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
         ignored = reply.tool_calls if (reply.tool_calls and not tools) else None
         notes += sizing.notes if self.warn_context or sizing.raised else []
         notes += self.stale.notes(conv, base)
+        notes += done_reason_notes(reply.stats.get("done_reason"), options)
+        if reply.stats.get("done_reason") in ("load", "unload") and not (reply.content or reply.thinking):
+            # routes.go ChatHandler: a load/unload answer is not a reply; never store it as a turn.
+            view.finish(footer_text(model, reply.stats, seconds, [f"Ollama only {reply.stats['done_reason']}ed the model", "nothing stored"]))
+            raise OllamaMagicError(f"Ollama answered with done_reason {reply.stats['done_reason']!r} and no reply, so nothing was stored; run the cell again.")
         if not args.once:
             meta = self._meta(reply.stats, cell_id, model, "ok", options, variables)
             turn = Turn((user, *exchange, reply_msg), meta)
             # A prompt smaller than an earlier one of a history that only grew
             # means Ollama dropped messages; judge against the history as it was.
             grew = base == len(conv.turns) and not args.new and not conv.edited
-            prior = conv.max_prompt if grew else 0
+            # ... unless the request shrank by itself (another model, fewer tools, a shorter system prompt).
+            shape = PromptShape(model, len(system or ""), frozenset(tools or ()))
+            prior = conv.max_prompt if grew and not shape.explains_shrink(self._shapes.get(conv.name)) else 0
+            self._shapes[conv.name] = shape
             done = self._commit(turn, args, target)
             notes += [target.note] if target.note else []
             if self.warn_context:
@@ -441,22 +474,34 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
         return "append" if self.rerun == "append" else "rewind"
 
     def context_window(self, model: str, client: Client | None = None) -> int | None:
-        """The server's window for `model`, asked at most once a minute."""
-        key = (self._host()[0], model)
-        hit = self._windows.get(key)
-        if hit is not None and time.monotonic() - hit[0] < _WINDOW_TTL:
-            return hit[1]
-        window = chat.context_window(client or self.client(), model)
-        # An unloaded model has no window yet: ask again soon rather than in a minute.
-        self._windows[key] = (time.monotonic() - (0 if window else _WINDOW_TTL - 5), window)
-        return window
+        """The window the server runs `model` with when no num_ctx is sent, if it says:
+        /api/ps `context_length` once loaded, else a Modelfile num_ctx (models.py)."""
+        if (loaded := self.models.loaded_window(model)) is not None:
+            return loaded
+        facts = self.models.facts(model)
+        return facts.num_ctx if facts is not None else None
 
     def trained_length(self, model: str) -> int | None:
-        """The model's trained context length (`model_info.*.context_length`), asked once."""
-        key = (self._host()[0], model)
-        if key not in self._trained:
-            self._trained[key] = chat.trained_length(self.client(), model)
-        return self._trained[key]
+        """The model's trained context length (`model_info.*.context_length`)."""
+        facts = self.models.facts(model)
+        return facts.trained if facts is not None else None
+
+    def _check_request(self, model: str, think: Any, tools: Any, images: bool, options: Mapping[str, Any]) -> None:
+        """Refuse, before sending, what Ollama would refuse or silently ignore (issue #13 points 3, 5)."""
+        if problem := check_options(options):
+            raise OllamaMagicError(problem)
+        wanted = [c for c, on in (("thinking", think not in (None, False)), ("tools", bool(tools)), ("vision", images)) if on]
+        if not wanted:
+            return
+        facts = self.models.facts(model)
+        for capability in wanted:
+            if facts is not None and facts.lacks(capability):
+                raise OllamaMagicError(self._lacks(model, capability))
+
+    def _lacks(self, model: str, capability: str) -> str:
+        installed = self._installed_or_none()
+        having = self.models.having(capability, installed) if installed is not None else None
+        return lacks_message(model, capability, having)
 
     def _with_context(self, args: Any, question: str) -> str:
         """--cells and --file blocks, then the question."""
@@ -540,6 +585,16 @@ class OllamaMagics(JournalCommands, Subcommands, Magics):
             raise OllamaMagicError(f"--image {ref}: cannot read it ({exc.strerror})") from None
         except (TypeError, ValueError) as exc:
             raise OllamaMagicError(f"--image {ref}: {exc}") from None
+
+
+def done_reason_notes(reason: Any, options: Mapping[str, Any]) -> list[str]:
+    """The footer's word on a reply Ollama stopped early (done_reason "length")."""
+    if reason != "length":
+        return []
+    limit = options.get("num_predict")
+    why = f"num_predict is {limit}" if isinstance(limit, int) and limit >= 0 else "the context window filled up"
+    return [f"⚠ cut at num_predict / context ({why}): the reply is incomplete; raise -o num_predict=N "
+            f"(-1 = no limit) or num_ctx, or ask to continue"]
 
 
 def _keep(system: str | None) -> str | None | _Keep:

@@ -15,10 +15,12 @@ table, as FromMap does, to refuse what real Ollama refuses.
 from __future__ import annotations
 
 import difflib
+import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["OPTION_TYPES", "check_options", "option_error"]
+__all__ = ["OPTION_TYPES", "check_options", "keep_alive_value", "option_error"]
 
 # name -> Go kind, transcribed from api/types.go (Runner first, then Options).
 OPTION_TYPES: dict[str, str] = {
@@ -90,3 +92,31 @@ def check_options(options: Mapping[str, Any], where: str = "option") -> str | No
             return (f"{where} {name} must be {want} (Ollama answers HTTP 500 otherwise), "
                     f"not {value!r}; for example {name}={_EXAMPLES.get(kind, '...')}.")
     return None
+
+
+_GO_DURATION = re.compile(r"[-+]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+|[-+]?0")
+_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
+
+
+def keep_alive_value(value: Any, where: str, error: type[Exception]) -> float | str | None:
+    """A keep_alive as Ollama takes it (api/types.go Duration.UnmarshalJSON).
+
+    A number is seconds (negative: until the server stops, 0: unload after
+    the request); a string is a Go duration ("30m", "1h30m"). Ollama refuses
+    a bare number in a string ("-1" is HTTP 400), so that becomes a number.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise error(f"{where} takes seconds or a duration like '30m', not {value!r}")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise error(f"{where} takes a finite number of seconds (negative: keep loaded), not {value!r}")
+        return float(value)
+    text = str(value).strip()
+    if _NUMBER.fullmatch(text):
+        return float(text)
+    if _GO_DURATION.fullmatch(text):
+        return text
+    raise error(f"{where} takes seconds (-1 = keep loaded, 0 = unload at once) or a duration like "
+                f"'30m' or '2h', not {value!r}")

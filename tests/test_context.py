@@ -156,7 +156,7 @@ def test_image_from_bytes_variable(shell, ollama_server):
 ], ids=["matplotlib", "PIL"])
 def test_image_from_figure_or_pil_image(shell, ollama_server, setup):
     assert run(shell, setup).success
-    run(shell, "%%ollama --image img\ndescribe it")
+    run(shell, "%%ollama -m gemma3 --image img\ndescribe it")
     data = base64.b64decode(ollama_server.last_chat()["messages"][-1]["images"][0])
     assert data.startswith(b"\x89PNG")
 

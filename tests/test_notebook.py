@@ -187,7 +187,7 @@ def test_code_puts_first_block_in_next_cell(shell, ollama_server):
 def test_image_file_and_missing_file(shell, ollama_server, tmp_path):
     img = tmp_path / "dot.png"
     img.write_bytes(PNG)
-    run(shell, f"%%ollama --image {img}\nwhat is this")
+    run(shell, f"%%ollama -m gemma3 --image {img}\nwhat is this")
     msg = ollama_server.last_chat()["messages"][-1]
     assert base64.b64decode(msg["images"][0]) == PNG
     n = len(ollama_server.chat_requests())

@@ -43,9 +43,19 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
+@contextlib.contextmanager
+def open_client(host: str | None = None) -> Iterator[ollama.Client]:
+    """A client closed afterwards (Clients are context managers only from ollama 0.6.3; the floor is older)."""
+    c = ollama.Client(host=host)
+    try:
+        yield c
+    finally:
+        c._client.close()
+
+
 @pytest.fixture
 def client(ollama_server: OllamaTestServer) -> Iterator[ollama.Client]:
-    with ollama.Client(host=ollama_server.host) as c:
+    with open_client(host=ollama_server.host) as c:
         yield c
 
 
@@ -122,7 +132,7 @@ def test_latest_tag_resolves(client: ollama.Client) -> None:
 
 def test_fixture_sets_ollama_host(ollama_server: OllamaTestServer) -> None:
     assert os.environ["OLLAMA_HOST"] == ollama_server.host
-    with ollama.Client() as c:
+    with open_client() as c:
         assert c.chat("llama3.2", USER).done
 
 
@@ -390,7 +400,7 @@ def test_stop_interrupts_a_stall() -> None:
 
     def consume() -> None:
         try:
-            with ollama.Client(host=server.host) as c:
+            with open_client(host=server.host) as c:
                 for chunk in c.chat("llama3.2", USER, stream=True):
                     got.append(chunk.message.content or "")
                     if len(got) == 2:
@@ -423,7 +433,7 @@ def test_reset_releases_a_stall(client: ollama.Client, ollama_server: OllamaTest
 def test_concurrent_streams(ollama_server: OllamaTestServer) -> None:
     ollama_server.token_delay = 0.05
     stack = contextlib.ExitStack()
-    clients = [stack.enter_context(ollama.Client(host=ollama_server.host)) for _ in range(4)]
+    clients = [stack.enter_context(open_client(host=ollama_server.host)) for _ in range(4)]
     results: dict[int, str] = {}
     finished: list[float] = []
 
@@ -447,7 +457,7 @@ def test_start_stop_and_context_manager() -> None:
     start = time.monotonic()
     with OllamaTestServer(models=["tiny"]) as server:
         assert server.host == f"http://127.0.0.1:{server.port}"
-        with ollama.Client(host=server.host) as c:
+        with open_client(host=server.host) as c:
             assert c.chat("tiny", USER).done
     assert time.monotonic() - start < 1
     server2 = start_server(token_delay=0.0)
@@ -519,7 +529,7 @@ def test_command_line() -> None:
             assert first.startswith("Ollama test server on http://127.0.0.1:")
             host = first.split(" on ")[1].strip()
             assert proc.stdout.readline().strip() == f"export OLLAMA_HOST={host}"
-            with ollama.Client(host=host) as c:
+            with open_client(host=host) as c:
                 assert [m.model for m in c.list().models] == ["a:latest", "b:latest"]
             proc.send_signal(signal.SIGINT)  # Ctrl-C
             assert proc.wait(5) == 0
