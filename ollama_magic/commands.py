@@ -420,7 +420,9 @@ CELL_HELP = """\
   -o KEY=VALUE            Ollama option for this turn (repeatable): -o num_ctx=8192
   -t/--temperature X      shorthand for -o temperature=X
   --format json|VAR       JSON mode, or a JSON schema (dict or pydantic model) in VAR
-  --think [high|medium|low]  ask for thinking; shown collapsed, stored with the reply
+  --think [high|medium|low|false]  thinking on (a level) or off; thinking models think by default
+  --no-think              turn thinking off (think: false)
+  --keep-alive DURATION   keep the model loaded this long after the turn (30m, -1 = keep)
   --image PATH|VAR        attach an image file, bytes, PIL image or matplotlib figure
   --tools NAME[,NAME]     let the model call these functions of the notebook
   --error                 include the last failing cell and its traceback
