@@ -942,7 +942,7 @@ def rows_browser(ctx: Ctx) -> list[Row]:
         f"%load_ext ollama_magic\n%ollama model {MODEL}\nimport os",
         f"os.environ['OLLAMA_HOST'] = {small!r}",
         f"os.environ['OLLAMA_HOST'] = {big!r}",
-        f"%ollama reset\n",
+        "%ollama reset\n",
         f"%%ollama\n{QUESTION}",
         RAW_KERNEL_CODE.format(host=small, model=MODEL, question=QUESTION),
         RAW_KERNEL_CODE.format(host=big, model=MODEL, question=QUESTION),
