@@ -15,13 +15,13 @@ import functools
 import inspect
 import json
 import os
-import re
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from .bounds import bounded
 from .errors import OllamaMagicError, redact_host
+from .models import same_model
 from .store import Message
 
 if TYPE_CHECKING:  # `import ollama` costs ~300 ms (pydantic models): it waits for the first request
@@ -34,7 +34,6 @@ __all__ = [
     "Sink",
     "ToolRoundsExceeded",
     "client_for",
-    "context_window",
     "converse",
     "installed_models",
     "send",
@@ -243,40 +242,6 @@ def call_tool(tools: Mapping[str, Callable[..., Any]], name: str,
 
 
 # -- what the server knows about models -----------------------------------
-_NUM_CTX = re.compile(r"^\s*num_ctx\s+(\d+)\s*$", re.MULTILINE)
-
-
-def context_window(client: ollama.Client, model: str) -> int | None:
-    """The model's context window as the server runs it, if it says.
-
-    `num_ctx` from the model's parameters, else the loaded model's context
-    length from /api/ps. (`model_info.*.context_length` is the trained
-    maximum, not the window.) Two requests: callers cache the answer.
-    """
-    window: int | None = None
-    try:
-        params = client.show(model).parameters or ""
-        if m := _NUM_CTX.search(params):
-            window = int(m.group(1))
-        if window is None:
-            for running in client.ps().models:
-                if _same_model(running.model or running.name or "", model) and running.context_length:
-                    window = int(running.context_length)
-    except Exception:  # only a hint for the overflow warning; never fail a turn for it
-        return None
-    return window
-
-
-def trained_length(client: ollama.Client, model: str) -> int | None:
-    """`model_info.<arch>.context_length`: the most Ollama lets num_ctx be for it (None if unknown)."""
-    try:
-        info = client.show(model).modelinfo or {}
-    except Exception:  # only bounds automatic sizing; never fail a turn for it
-        return None
-    for key, value in info.items():
-        if key.endswith(".context_length") and isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def installed_models(client: ollama.Client) -> list[str]:
@@ -284,8 +249,4 @@ def installed_models(client: ollama.Client) -> list[str]:
     return [m.model.removesuffix(":latest") for m in client.list().models if m.model]
 
 
-def _same_model(a: str, b: str) -> bool:
-    def norm(name: str) -> str:
-        return name if ":" in name else name + ":latest"
-    return norm(a) == norm(b)
-
+_same_model = same_model  # the name commands.py imports
