@@ -4,8 +4,8 @@ A loaded file is data only: it is parsed as JSON and validated against the
 schema below, never evaluated. Writes are atomic (temp file + `os.replace`),
 so a failure mid-write leaves the old file as it was.
 
-Speed: `save` uses the C JSON encoder (no indent: a pretty-printed file
-costs ~3x as long); `load` checks a file whose every value already has
+Speed: `save` uses the C JSON encoder (compact ASCII, no indent: a
+pretty-printed file costs ~3x as long); `load` checks a file whose every value already has
 exactly the schema's type with plain type tests (`_fast_chats`, ~10x faster
 than building pydantic models) and hands anything else to the pydantic schema,
 which stays the definition of a valid file and words its errors. The size
@@ -26,8 +26,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .bounds import depth_exceeds
-from .store import Conversation, ConversationStore, Message, Turn, TurnMeta
+from .bounds import _FILE_DEPTH, depth_exceeds
+from .store import _META_FIELDS, Conversation, ConversationStore, Message, Turn, TurnMeta, _meta_values
 
 __all__ = ["FORMAT_VERSION", "MAX_LOAD_BYTES", "FileError", "export_markdown", "load", "save"]
 
@@ -104,12 +104,23 @@ class SaveFile(_Strict):
 
 
 def _message_out(msg: Message) -> dict[str, Any]:
-    # (the store's own messages have no None values: they are written as they are)
-    return {k: v for k, v in msg.items() if v is not None} if None in msg.values() else msg
+    return {k: v for k, v in msg.items() if v is not None}
+
+
+def _messages_out(msgs: tuple[Message, ...]) -> tuple[Message, ...] | list[dict[str, Any]]:
+    # The store's own messages have no None values: they are written as they are
+    # (a tuple is a JSON array), without a copy.
+    for m in msgs:
+        if None in m.values():
+            return [_message_out(x) for x in msgs]
+    return msgs
 
 
 def dump(store: ConversationStore) -> dict[str, Any]:
-    """The store as the save file's JSON object (secrets are never in the store)."""
+    """The store as the save file's JSON object (secrets are never in the store).
+
+    It shares the store's message dicts (read-only use: encoding)."""
+    fields, values = _META_FIELDS, _meta_values
     chats = []
     for conv in store:
         chats.append({
@@ -117,11 +128,8 @@ def dump(store: ConversationStore) -> dict[str, Any]:
             "model": conv.model,
             "system": conv.system,
             "options": conv.options,
-            "turns": [
-                {"messages": [_message_out(m) for m in t.messages],
-                 "meta": t.meta.to_dict()}
-                for t in conv.turns
-            ],
+            "turns": [{"messages": _messages_out(t.messages), "meta": dict(zip(fields, values(t.meta)))}
+                      for t in conv.turns],
         })
     return {"format": "ollama_magic", "version": FORMAT_VERSION, "active": store.active_name, "chats": chats}
 
@@ -133,10 +141,9 @@ def save(store: ConversationStore, path: str | os.PathLike[str]) -> Path:
         raise FileError(f"{target} is a directory; give a file name such as chat.json")
     data = dump(store)
     try:
-        try:
-            raw = json.dumps(data, ensure_ascii=False, allow_nan=False).encode("utf-8")  # the C encoder: no indent
-        except UnicodeEncodeError:  # a lone surrogate (a server sent "\ud800"): keep it, as an escape
-            raw = json.dumps(data, ensure_ascii=True, allow_nan=False).encode("ascii")
+        # The C encoder, compact, ASCII (non-ASCII as \u escapes): no indent, no re-encoding
+        # pass, and a lone surrogate a server sent ("\ud800") is kept as an escape.
+        raw = json.dumps(data, allow_nan=False, separators=(",", ":")).encode("ascii")
     except ValueError:  # NaN/Infinity: load would refuse the file, so it is not written
         raise FileError(f"a chat holds NaN or Infinity, which a chat file cannot; nothing was written to {target}") from None
     if len(raw) > MAX_LOAD_BYTES:
@@ -229,8 +236,6 @@ def read(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> tuple
         raise FileError(f"{source} is not a valid chat file: not JSON ({exc})") from None
     except RecursionError:  # nesting deeper than any chat file has
         raise FileError(f"{source} is not a valid chat file: nested too deeply") from None
-    if depth_exceeds(data):  # what was stored is bounded; deeper breaks validation and fork
-        raise FileError(f"{source} is not a valid chat file: nested too deeply")
     if not isinstance(data, dict) or data.get("format") != "ollama_magic":
         raise FileError(f"{source} is not an ollama_magic chat file (save one with %ollama save)")
     if type(data.get("version")) is not int or data["version"] != FORMAT_VERSION:  # (True == 1 in Python)
@@ -260,6 +265,8 @@ def _finite_float(text: str) -> float:
 
 def _validated_chats(data: dict[str, Any], source: Path) -> tuple[list[Conversation], str]:
     """The file's chats through the pydantic schema (the definition of a valid file)."""
+    if depth_exceeds(data):  # what was stored is bounded; deeper breaks validation and fork
+        raise FileError(f"{source} is not a valid chat file: nested too deeply")
     try:
         parsed = SaveFile.model_validate(data)
     except ValidationError as exc:
@@ -313,6 +320,10 @@ _META_KEYS = frozenset(_META_DEFAULTS)
 # Every allowed combination of value types, in field order (2**11 tuples): one set lookup a turn.
 _META_SIGNATURES = frozenset(itertools.product(*(_META_TYPES[name] for name in _META_DEFAULTS)))
 _STATUSES = frozenset({"ok", "interrupted"})
+# The file-wide nesting bound, checked where the fast path meets free-form JSON (options,
+# tool-call arguments) instead of walking the whole file: how deep those sit in a file.
+_OPTIONS_LEVEL = 3  # file {} > chats [] > chat {} > options
+_MESSAGE_LEVEL = 6  # file {} > chats [] > chat {} > turns [] > turn {} > messages [] > message
 
 
 def _fast_chats(data: dict[str, Any]) -> list[Conversation] | None:
@@ -337,6 +348,8 @@ def _fast_chats(data: dict[str, Any]) -> list[Conversation] | None:
         if (type(name) is not str or not _CHAT_NAME.fullmatch(name) or type(model) not in (str, _NONE)
                 or type(system) not in (str, _NONE) or type(options) is not dict or type(raw_turns) is not list):
             return None
+        if options and depth_exceeds(options, _FILE_DEPTH - _OPTIONS_LEVEL):
+            return None
         turns = []
         for raw in raw_turns:
             turn = _fast_turn(raw)
@@ -360,12 +373,17 @@ def _fast_turn(raw: Any) -> Turn | None:
         if type(m) is not dict:
             return None
         if m.keys() <= _TEXT_KEYS:
-            if (type(m.get("role")) is not str or m["role"] not in _ROLES or type(m.get("content", "")) is not str
-                    or type(m.get("thinking", "")) is not str or type(m.get("tool_name", "")) is not str):
+            try:
+                "".join(m.values())  # every value a str, tested in C (json.loads makes no subclasses)
+            except TypeError:
+                return None
+            if m.get("role") not in _ROLES:
                 return None
             if "content" not in m:
                 m = {**m, "content": ""}
         else:  # images, tool calls: through the message schema, as the slow path does
+            if depth_exceeds(m, _FILE_DEPTH - _MESSAGE_LEVEL):
+                return None
             try:
                 m = _message_in(_Message.model_validate(m), m)
             except ValidationError:

@@ -128,7 +128,7 @@ def test_save_refuses_what_load_would_refuse_and_writes_nothing(tmp_path, monkey
     assert "\n" not in msg and "limit" in msg and "nothing was written" in msg
     assert path.read_bytes() == before  # the old file stays
     # right at the limit: saved, and read back
-    monkeypatch.setattr(persist, "MAX_LOAD_BYTES", len(json.dumps(persist.dump(store), ensure_ascii=False).encode()))
+    monkeypatch.setattr(persist, "MAX_LOAD_BYTES", len(json.dumps(persist.dump(store), separators=(",", ":")).encode()))
     persist.save(store, path)
     assert state(persist.read(path)[0]) == state(list(store))
 
@@ -138,3 +138,31 @@ def test_save_is_one_line_of_compact_json(tmp_path):
     path = persist.save(sample_store(), tmp_path / "s.json")
     text = path.read_text(encoding="utf-8")
     assert "\n" not in text and json.loads(text)["format"] == "ollama_magic"
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = {"x": value}
+    return value
+
+
+@pytest.mark.parametrize("where", ["options", "tool arguments"])
+def test_fast_path_keeps_the_file_wide_nesting_bound(where):
+    """The fast path checks depth only where free-form JSON sits: right at the bound it
+    agrees with the walk over the whole file that the schema path does."""
+    from ollama_magic.bounds import depth_exceeds
+
+    outcomes = set()
+    for depth in range(30, 60):
+        data = persist.dump(sample_store())
+        if where == "options":
+            data["chats"][0]["options"] = {"deep": _nested(depth)}
+        else:
+            data["chats"][0]["turns"][1]["messages"][1]["tool_calls"][0]["function"]["arguments"] = {"a": _nested(depth)}
+        data = json.loads(json.dumps(data))
+        too_deep = depth_exceeds(data)
+        fast = persist._fast_chats(copy.deepcopy(data))
+        assert (fast is not None) == (not too_deep), depth
+        outcomes.add(too_deep)
+    assert outcomes == {True, False}  # the bound was crossed within the range
