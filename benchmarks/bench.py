@@ -1047,7 +1047,9 @@ def rows_scale(ctx: Ctx) -> list[Row]:
                         f"{fmt_stat(g['client_s'], 'ms', 1000)})",
                         "–" if n == sizes[0] else f"{delta:+.2f} ms vs {sizes[0]:,} turns",
                         f"within ±{TARGETS['own_cpu_flat_ms']:g} ms of {sizes[0]:,} turns", met, data=g))
-    # Attribution: the largest size again with the journal off (OLLAMA_MAGIC_DB=''), no target.
+    # Attribution (full run): the largest size again with the journal off (OLLAMA_MAGIC_DB=''), no target.
+    if ctx.quick:
+        return rows + _commit_rows(got, sizes)
     off = ctx.child("scale", {"sizes": [sizes[0], sizes[-1]], "reps": 2, "host": ctx.server(REPLY_TOKENS)},
                     timeout=1800, env={**ctx.env, "OLLAMA_MAGIC_DB": ""})
     d_off = off[str(sizes[-1])]["own_ms"] - off[str(sizes[0])]["own_ms"]
@@ -1055,6 +1057,11 @@ def rows_scale(ctx: Ctx) -> list[Row]:
                     fmt_stat(off[str(sizes[-1])]["own_s"], "ms", 1000),
                     f"journal off at {sizes[0]:,} turns: {fmt_stat(off[str(sizes[0])]['own_s'], 'ms', 1000)}",
                     f"{d_off:+.2f} ms vs {sizes[0]:,} turns", "–", None, data={"journal_off": off}))
+    return rows + _commit_rows(got, sizes)
+
+
+def _commit_rows(got: dict[str, Any], sizes: tuple[int, ...]) -> list[Row]:
+    rows = []
     for n in sizes:
         g = got[str(n)]
         target = f"≤ {TARGETS['commit_ms_at_100k']:g} ms"
