@@ -371,8 +371,12 @@ class Subcommands:
     @argument("--from", dest="start", type=_count, metavar="N", help="leave out the turns before turn N (a shorter context)")
     def _sub_fork(self, args: argparse.Namespace) -> None:
         start = 0 if args.start is None else max(args.start - 1, 0)
+        before = len(self.store.get(args.new).turns) if args.new in self.store else None
         conv = self.store.fork(args.new, at=args.at, start=start)
-        print(f"Forked into chat {conv.name!r} with {len(conv.turns)} turns (now active).")
+        again = "" if before is None else (  # a re-run of this fork (Run All)
+            f"; it was this fork already, its {before - len(conv.turns)} later turn(s) went to the undo stack"
+            if before > len(conv.turns) else "; it was this fork already")
+        print(f"Forked into chat {conv.name!r} with {len(conv.turns)} turns (now active){again}.")
 
     @subcommand("last", "the last reply as a string (x = %ollama last)")
     def _sub_last(self, args: argparse.Namespace) -> str | None:

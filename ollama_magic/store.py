@@ -597,13 +597,26 @@ class ConversationStore:
         """Copy a chat (its first `at` turns, from turn `start` on) into a new, active chat."""
         src = self.get(chat)
         new = _check_name(new)
-        if new in self._chats:
-            raise StoreError(f"a chat named {new!r} exists already; pick another name")
         if at is not None and not 0 <= at <= len(src.turns):
             raise StoreError(f"--at must be between 0 and {len(src.turns)} (the turns of {src.name!r})")
         if not 0 <= start <= (len(src.turns) if at is None else at):
             raise StoreError(f"--from must be between 1 and {len(src.turns)} (the turns of {src.name!r})")
         conv = src.copy(new, at, start)
+        old = self._chats.get(new)
+        if old is not None:
+            # The same fork run again (Run All; Restart & Run All after the journal
+            # restored its chat): the chat still starts with exactly these turns, so
+            # it becomes this fork again, undoably. Any other chat of that name is kept.
+            # Messages, not metadata: a replayed turn has the same text, its own timing.
+            n = len(conv.turns)
+            if not n or old is src or [t.messages for t in old.turns[:n]] != [t.messages for t in conv.turns]:
+                raise StoreError(f"a chat named {new!r} exists already; pick another name")
+            self._remember(new, n)
+            old.model, old.system, old.options = conv.model, conv.system, conv.options
+            old._splice(n)
+            self._emit("restored", new)
+            self.switch(new)
+            return old
         self._chats[new] = conv
         self._emit("chat_created", new)
         self.switch(new)

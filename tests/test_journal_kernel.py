@@ -214,3 +214,28 @@ def test_a_journal_locked_at_load_is_restored_later_beside_what_the_kernel_did(n
                  for c in json.loads(run(k, DUMP, "dump"))["chats"]}
         assert chats == {"default": ["asked while locked", "follow-up"],
                          "default-restored": ["question 1", "question 2"]}
+
+
+def test_restart_and_run_all_with_a_fork_cell_runs_through(notebook, ollama_server):
+    # The restore brings back the chat the fork cell made; re-running that cell must not stop Run All.
+    nb, db = notebook
+    cells = [("c1", "%%ollama\nfirst question"), ("c2", "%%ollama\nsecond question"),
+             ("fork", "%ollama fork what-if --at 1"), ("c3", "%%ollama\nthe other way"),
+             ("back", "%ollama chat default")]  # as the tour does: the notebook ends where it began
+    with nb_kernel(nb, ollama_server.host, db) as k:
+        run_all(k, cells)
+    ollama_server.reset()
+    with nb_kernel(nb, ollama_server.host, db) as k:
+        out = {"load": run(k, LOAD, "load")}
+        run(k, "%ollama model llama3.2", "model")
+        for cid, src in cells:
+            done = k.execute(src, cid)
+            assert done.status == "ok", (cid, done.shown)
+            out[cid] = done.shown
+        assert "restored 2 chats, 4 turns" in out["load"]
+        assert "it was this fork already, its 1 later turn(s) went to the undo stack" in out["fork"]
+        assert "replayed from " in out["c3"] and ollama_server.chat_requests() == []
+        chats = {c["name"]: [t["messages"][0]["content"] for t in c["turns"]]
+                 for c in json.loads(run(k, DUMP, "dump"))["chats"]}
+        assert chats == {"default": ["first question", "second question"],
+                         "what-if": ["first question", "the other way"]}

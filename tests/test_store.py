@@ -148,9 +148,31 @@ def test_fork_copies_and_shares_nothing():
     s.edit(0, "changed", part=0)
     assert [t.user["content"] for t in s.get("default").turns] == ["a", "b"]
     with pytest.raises(StoreError, match="exists already"):
-        s.fork("f")
+        s.fork("f")  # f starts with a changed copy of "a": another chat, kept
     with pytest.raises(StoreError, match="--at"):
         s.fork("g", at=9)
+
+
+def test_the_same_fork_run_again_becomes_that_fork_again_undoably():
+    s = ConversationStore(model="m")
+    s.commit(turn("a"))
+    s.commit(turn("b"))
+    s.fork("f", at=1)
+    s.commit(turn("c"))
+    kept = s.get("f").turns[0]
+    s.switch("default")
+    again = s.fork("f", at=1)  # Run All re-runs the fork cell: f starts with exactly that turn
+    assert again is s.get("f") and s.active_name == "f"
+    assert [t.user["content"] for t in again.turns] == ["a"] and again.turns[0] is kept
+    s.undo()
+    assert [t.user["content"] for t in s.get("f").turns] == ["a", "c"]
+    for name, at in (("default", 1), ("f", 0)):  # onto its own source, or an empty fork: no evidence
+        with pytest.raises(StoreError, match="exists already"):
+            s.fork(name, at=at, chat="default")
+    s.switch("default")
+    s.commit(turn("d"))
+    with pytest.raises(StoreError, match="exists already"):
+        s.fork("f", at=2)  # f does not start with a, b
 
 
 def test_commit_with_model_system_and_fresh_is_one_undo_step():
