@@ -183,12 +183,14 @@ def send(client: ollama.Client, req: ChatRequest, reply: Reply,
 
 
 def converse(client: ollama.Client, req: ChatRequest, sink: Sink, *,
-             max_tool_rounds: int = 5) -> tuple[list[Message], Reply]:
+             max_tool_rounds: int = 5, max_tool_calls: int = 20) -> tuple[list[Message], Reply]:
     """Run a turn to its final text reply, calling tools when the model asks.
 
     Returns the tool exchange (assistant `tool_calls` messages and `tool`
     answers, in order) and the final reply. Only functions in `req.tools` are
-    ever called; a cell without tools never calls anything.
+    ever called; a cell without tools never calls anything. At most
+    `max_tool_calls` calls of a round run (and are shown and stored); the
+    model is told the rest were not run.
     """
     exchange: list[Message] = []
     rounds = 0
@@ -208,12 +210,19 @@ def converse(client: ollama.Client, req: ChatRequest, sink: Sink, *,
                 f"the model still asked for tools after {max_tool_rounds} rounds"
             )
         rounds += 1
-        exchange.append(reply.message())
-        for call in reply.tool_calls:
+        calls, over = reply.tool_calls[:max_tool_calls], reply.tool_calls[max_tool_calls:]
+        exchange.append({**reply.message(), "tool_calls": calls})
+        for call in calls:
             fn = call.get("function") or {}
             name, args = str(fn.get("name", "")), fn.get("arguments") or {}
             result, ok = call_tool(req.tools, name, args)
             sink.tool(name, args, result, ok)
+            exchange.append({"role": "tool", "tool_name": name, "content": result})
+        if over:  # a flood: one answer for the rest, so what is shown and stored stays bounded
+            name = str((over[0].get("function") or {}).get("name", ""))
+            result = (f"Error: {len(reply.tool_calls)} tool calls in one round; only the first {max_tool_calls} "
+                      f"were run; {len(over)} were not run. Ask for fewer at a time.")
+            sink.tool(name, {}, result, False)
             exchange.append({"role": "tool", "tool_name": name, "content": result})
 
 

@@ -130,6 +130,7 @@ class Subcommands:
     timeout: float
     default_num_ctx: int
     max_tool_rounds: int
+    max_tool_calls: int
     last_reply: str | None
     last_error: tuple[str, str] | None
     panels: Any
@@ -397,6 +398,7 @@ class Subcommands:
             f"timeout         {self.timeout:g} s",
             f"default_num_ctx {self.default_num_ctx}",
             f"max_tool_rounds {self.max_tool_rounds}",
+            f"max_tool_calls  {self.max_tool_calls}",
             f"headers         {', '.join(sorted(self.headers)) or 'none'} (values hidden)",
             f"api key         {'set (OLLAMA_API_KEY, hidden)' if os.environ.get('OLLAMA_API_KEY') else 'none'}",
         ]

@@ -110,6 +110,7 @@ class OllamaMagics(Lifecycle, JournalCommands, Subcommands, Magics):
     default_num_ctx = Int(4096, help="The server's default window (OLLAMA_CONTEXT_LENGTH, else 4096/32768/262144 by VRAM), assumed when neither the options, /api/ps nor the model's parameters say.").tag(config=True)
     keep_alive = Union([Float(), Unicode()], default_value=None, allow_none=True, help="How long Ollama keeps the model loaded after each request: seconds, or a duration like '30m' or '2h'; negative = until the server stops; None = the server's default (5 m).").tag(config=True)
     max_tool_rounds = Int(5, help="Tool-call rounds per cell before giving up.").tag(config=True)
+    max_tool_calls = Int(20, help="Tool calls run per round; the model is told the rest were not run.").tag(config=True)
     display_rate = Float(15.0, help="Most display updates per second while a reply streams.").tag(config=True)
     rich = Enum(["auto", "on", "off"], "auto", help="Rich (notebook) output or plain text; auto asks the frontend.").tag(config=True)
     undo_depth = Int(100, help="Undo steps kept per chat.").tag(config=True)
@@ -360,7 +361,8 @@ class OllamaMagics(Lifecycle, JournalCommands, Subcommands, Magics):
         try:
             with Feed(store, target.name, user, view, rate=self.display_rate) as sink:  # the panel's live view
                 exchange, reply = (self.journal.replay(request, sink, fresh=args.fresh or not self.replay)
-                                   or chat.converse(client, request, sink, max_tool_rounds=self.max_tool_rounds))
+                                   or chat.converse(client, request, sink, max_tool_rounds=self.max_tool_rounds,
+                                                  max_tool_calls=self.max_tool_calls))
         except KeyboardInterrupt:
             kept = self._interrupted(view, args, user, cell_id, model, started_at, target, variables)
             # Still a KeyboardInterrupt (Run All stops), shown as one line, not httpx's traceback.
@@ -383,7 +385,7 @@ class OllamaMagics(Lifecycle, JournalCommands, Subcommands, Magics):
         seconds = time.perf_counter() - started_at
         reply_msg = reply.message(with_tool_calls=False)
         notes: list[str] = []
-        ignored = reply.tool_calls if (reply.tool_calls and not tools) else None
+        ignored = reply.tool_calls[:self.max_tool_calls] if (reply.tool_calls and not tools) else None
         notes += sizing.notes if self.warn_context or sizing.raised else []
         notes += self.stale.notes(conv, base)
         notes += done_reason_notes(reply.stats.get("done_reason"), options)

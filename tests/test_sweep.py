@@ -369,3 +369,27 @@ def test_12_out_refuses_names_ipython_needs(shell, ollama_server, name):
     assert len(ollama_server.requests) == sent
     assert run(shell, "%ollama chats").success  # every later magic still works
     assert run(shell, "%%ollama --out reply\nhi").success and shell.user_ns["reply"]
+
+
+# -- 10. a tool-call flood is capped: bounded display, bounded history ------------------
+def test_10_tool_call_flood_is_capped(nb_shell, ollama_server):
+    calls: list[int] = []
+    nb_shell.user_ns["calls"] = calls
+    run(nb_shell, 'def add(a: int, b: int) -> int:\n    """Add."""\n    calls.append(1)\n    return a + b')
+    ollama_server.tool_calls = 3000
+    ollama_server.tool_mode = "auto"  # one round of 3,000 calls, then the answer
+    pub = nb_shell.display_pub
+    pub.messages.clear()
+    res = run(nb_shell, "%%ollama --tools add\nadd 1 and 2")
+    assert res.success, res.error_in_exec
+    cap = magics_of(nb_shell).max_tool_calls
+    assert len(calls) == cap
+    size = len(json.dumps(pub.messages, default=str))
+    assert len(pub.messages) < 100 and size < 500_000, (len(pub.messages), size)
+    turn = store_of(nb_shell).active.turns[-1]
+    tool_msgs = [m for m in turn.messages if m["role"] == "tool"]
+    assert len(tool_msgs) == cap + 1 and "were not run" in tool_msgs[-1]["content"]
+    asked = [m for m in turn.messages if m.get("tool_calls")]
+    assert len(asked) == 1 and len(asked[0]["tool_calls"]) == cap
+    # The model heard about the rest.
+    assert "were not run" in ollama_server.last_chat()["messages"][-1]["content"]
