@@ -146,6 +146,11 @@ class OllamaMagics(Lifecycle, JournalCommands, Subcommands, Magics):
             self.journal.close()
             self._open_journal(restore=False)
 
+    @observe("undo_depth")
+    def _undo_depth_changed(self, change: Any) -> None:
+        if hasattr(self, "store"):  # %config after load: the store's stacks follow
+            self.store.set_undo_depth(change["new"])
+
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
         self.store = ConversationStore(undo_depth=self.undo_depth)

@@ -522,6 +522,12 @@ class ConversationStore:
         stack = self._undo.setdefault(name, deque(maxlen=self._undo_depth))
         stack.append(snap)
 
+    def set_undo_depth(self, depth: int) -> None:
+        """Keep at most `depth` undo steps per chat from now on (the newest ones)."""
+        self._undo_depth = max(0, int(depth))
+        for name, stack in self._undo.items():
+            self._undo[name] = deque(stack, maxlen=self._undo_depth)
+
     def undo(self, chat: str | None = None) -> bool:
         """Restore the chat's previous state; False when there is nothing to undo."""
         name = self._active if chat is None else chat

@@ -393,3 +393,29 @@ def test_10_tool_call_flood_is_capped(nb_shell, ollama_server):
     assert len(asked) == 1 and len(asked[0]["tool_calls"]) == cap
     # The model heard about the rest.
     assert "were not run" in ollama_server.last_chat()["messages"][-1]["content"]
+
+
+# -- 11. settings take effect when changed ------------------------------------------------
+def test_11_undo_depth_changed_after_load_takes_effect(shell, ollama_server):
+    for i in range(4):
+        run(shell, f"%%ollama\nturn {i}")
+    assert store_of(shell).undo_depth() >= 4  # (the fixture's model choice is a step too)
+    assert run(shell, "%config OllamaMagics.undo_depth = 2").success
+    assert store_of(shell).undo_depth() == 2  # the newest two are kept
+    for i in range(3):
+        run(shell, f"%%ollama\nmore {i}")
+    store = store_of(shell)
+    assert store.undo_depth() == 2
+    assert store.undo() and store.undo() and not store.undo()
+    assert len(store.active.turns) == 5
+
+
+def test_11_other_settings_are_read_when_used(shell, ollama_server, capsys):
+    run(shell, "%config OllamaMagics.max_tool_calls = 3")
+    run(shell, "%config OllamaMagics.rerun = 'append'")
+    run(shell, "%ollama config")
+    out = capsys.readouterr().out
+    assert "max_tool_calls  3" in out and "rerun           append" in out
+    run(shell, "%%ollama\none", cell_id="c1")
+    run(shell, "%%ollama\none again", cell_id="c1")
+    assert len(store_of(shell).active.turns) == 2  # append, as just configured
