@@ -390,6 +390,7 @@ class OllamaMagics(Lifecycle, JournalCommands, Subcommands, Magics):
         seconds = time.perf_counter() - started_at
         reply_msg = reply.message(with_tool_calls=False)
         notes: list[str] = []
+        skipped = ""
         ignored = reply.tool_calls[:self.max_tool_calls] if (reply.tool_calls and not tools) else None
         notes += sizing.notes if self.warn_context or sizing.raised else []
         notes += self.stale.notes(conv, base)
@@ -411,8 +412,11 @@ class OllamaMagics(Lifecycle, JournalCommands, Subcommands, Magics):
             done = self._commit(turn, args, target)
             notes += [target.note] if target.note else []
             if self.warn_context:
-                notes += self.sizer.after(sizing, meta.prompt_eval_count, prior, model,
-                                          enabled=self.auto_num_ctx, default=self.default_num_ctx)
+                try:  # may ask the server (short timeout); the turn is stored already
+                    notes += self.sizer.after(sizing, meta.prompt_eval_count, prior, model,
+                                              enabled=self.auto_num_ctx, default=self.default_num_ctx)
+                except KeyboardInterrupt:  # finish the output and --out first, then stop the cell
+                    skipped = "the reply is complete and stored; the context-window check was skipped"
             if done.dropped:
                 notes.append(f"rewound {done.dropped} later turn{'s' if done.dropped != 1 else ''} (undo with %ollama undo)")
         else:
@@ -421,6 +425,8 @@ class OllamaMagics(Lifecycle, JournalCommands, Subcommands, Magics):
         notes += self.journal.notes()
         view.finish(footer_text(model, reply.stats, seconds, notes), ignored_calls=ignored)
         self._deliver(args, reply.content)
+        if skipped:
+            raise Interrupted(skipped)
 
     def _deliver(self, args: Any, content: str) -> None:
         if args.out:

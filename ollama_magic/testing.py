@@ -533,7 +533,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_bytes(404, b"404 page not found", "text/plain")
         except _StreamOver:
             pass  # the fault already wrote (or cut) what it wanted
-        except _Cancelled:
+        except (_Cancelled, _ClientGone):  # (_ClientGone: hung up during show_delay)
             self.close_connection = True
         except OSError:  # the client went away outside a stream
             self.close_connection = True

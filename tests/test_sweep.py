@@ -419,3 +419,40 @@ def test_11_other_settings_are_read_when_used(shell, ollama_server, capsys):
     run(shell, "%%ollama\none", cell_id="c1")
     run(shell, "%%ollama\none again", cell_id="c1")
     assert len(store_of(shell).active.turns) == 2  # append, as just configured
+
+
+# -- 5. a slow model lookup after the reply never holds the cell ---------------------------
+def test_5_slow_context_lookup_has_its_own_short_timeout(shell, ollama_server):
+    import time
+
+    assert run(shell, "%%ollama\nfirst").success
+    magics_of(shell)._windows.clear()  # the next lookup goes to the server
+    ollama_server.show_delay = 30.0  # /api/show and /api/ps hang
+    started = time.monotonic()
+    res = run(shell, "%%ollama --out answer\nsecond")
+    elapsed = time.monotonic() - started
+    assert res.success, res.error_in_exec
+    assert shell.user_ns["answer"].endswith("You said: second")
+    assert len(store_of(shell).active.turns) == 2
+    assert elapsed < 20, elapsed  # the lookup's own timeout (3 s), not the 300 s of a turn
+
+
+def test_5_interrupt_during_the_lookup_keeps_a_finished_turn(shell, ollama_server, capsys):
+    from conftest import interrupt_main_after
+
+    assert run(shell, "%%ollama\nfirst").success
+    magics_of(shell)._windows.clear()
+    ollama_server.show_delay = 30.0
+    capsys.readouterr()
+    timer = interrupt_main_after(1.0)
+    try:
+        res = run(shell, "%%ollama --out answer\nsecond")
+    finally:
+        timer.cancel()
+    out = capsys.readouterr()
+    assert isinstance(res.error_in_exec, KeyboardInterrupt)
+    assert "context-window check was skipped" in out.out + out.err
+    assert "Traceback" not in out.out + out.err
+    assert shell.user_ns["answer"].endswith("You said: second")  # --out was set
+    assert "[llama3.2 ·" in out.out  # the footer: the output was finished
+    assert len(store_of(shell).active.turns) == 2
