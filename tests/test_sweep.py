@@ -426,7 +426,7 @@ def test_5_slow_context_lookup_has_its_own_short_timeout(shell, ollama_server):
     import time
 
     assert run(shell, "%%ollama\nfirst").success
-    magics_of(shell)._windows.clear()  # the next lookup goes to the server
+    magics_of(shell).models.forget()  # the next lookup goes to the server
     ollama_server.show_delay = 30.0  # /api/show and /api/ps hang
     started = time.monotonic()
     res = run(shell, "%%ollama --out answer\nsecond")
@@ -441,7 +441,7 @@ def test_5_interrupt_during_the_lookup_keeps_a_finished_turn(shell, ollama_serve
     from conftest import interrupt_main_after
 
     assert run(shell, "%%ollama\nfirst").success
-    magics_of(shell)._windows.clear()
+    magics_of(shell).models.forget()
     ollama_server.show_delay = 30.0
     capsys.readouterr()
     timer = interrupt_main_after(1.0)
