@@ -129,6 +129,7 @@ class Subcommands:
     rerun: str
     timeout: float
     default_num_ctx: int
+    keep_alive: float | str | None
     max_tool_rounds: int
     max_tool_calls: int
     last_reply: str | None
@@ -397,6 +398,7 @@ class Subcommands:
             f"rerun           {self.rerun}",
             f"timeout         {self.timeout:g} s",
             f"default_num_ctx {self.default_num_ctx}",
+            f"keep_alive      {self.keep_alive if self.keep_alive is not None else 'server default (5m)'}",
             f"max_tool_rounds {self.max_tool_rounds}",
             f"max_tool_calls  {self.max_tool_calls}",
             f"headers         {', '.join(sorted(self.headers)) or 'none'} (values hidden)",

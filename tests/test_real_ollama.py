@@ -138,12 +138,15 @@ def test_option_table_matches_the_servers_type_errors():
 
 
 # -- point 6: lifecycle ------------------------------------------------------------------
-def test_keep_alive_setting_and_per_cell(shell, ollama_server):
+def test_keep_alive_setting_and_per_cell(shell, ollama_server, capsys):
     run(shell, "%%ollama\nhi")
     assert ollama_server.last_chat().get("keep_alive") is None  # the server's default unless set
     shell.run_line_magic("config", "OllamaMagics.keep_alive = '30m'")
     run(shell, "%%ollama\nhi")
     assert ollama_server.last_chat()["keep_alive"] == "30m"
+    capsys.readouterr()
+    shell.run_line_magic("ollama", "config")
+    assert "keep_alive      30m" in capsys.readouterr().out
     run(shell, "%%ollama --keep-alive -1\nhi")
     assert ollama_server.last_chat()["keep_alive"] == -1.0
     assert "duration" in error_of(run(shell, "%%ollama --keep-alive forever\nhi"))
