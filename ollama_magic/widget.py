@@ -35,6 +35,7 @@ import copy
 import json
 import keyword
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -628,7 +629,9 @@ class HistoryPanel(anywidget.AnyWidget):
 
     def _do_export(self, content: dict[str, Any]) -> None:
         conv = self._conv()
-        path = str(content.get("path") or "").strip() or f"{conv.name}.md"
+        # No path given: not the notebook's folder (often a repository) but a folder of our own,
+        # named in the status line.
+        path = str(content.get("path") or "").strip() or str(_export_dir() / f"{conv.name}.md")
         target = persist.write_text(path, persist.export_markdown(conv))
         self._say(f"exported chat {conv.name!r} ({count(len(conv.turns), 'turn')}) to {target}")
 
@@ -703,3 +706,10 @@ def _describe(event: Event) -> str:
         "options": "the options change",
         "restored": "the load",
     }.get(event.kind, "")
+
+
+def _export_dir() -> Path:
+    """Where the panel's Export writes when given no path: <temp>/ollama_magic-exports."""
+    folder = Path(tempfile.gettempdir()) / "ollama_magic-exports"
+    folder.mkdir(exist_ok=True)
+    return folder

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -14,7 +15,8 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "examples.ipynb"
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK = ROOT / "examples.ipynb"
 
 # Cells that fail on purpose, and the text their error must show.
 EXPECTED_ERRORS = {"fail": "KeyError: 'banana'", "bad-model": "'no-such-model' is not installed"}
@@ -24,9 +26,22 @@ SKILL_CELLS = {"think", "tools", "image"}
 KERNEL_CHECK = "kernel-check"
 
 
+def source_tree() -> dict[str, int]:
+    """Files of the checkout (not caches or venvs) and their sizes: the tour must add or change none."""
+    skip = {".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis", ".mypy_cache", ".ruff_cache", "dist", "build"}
+    found = {}
+    for path in ROOT.rglob("*"):
+        rel = path.relative_to(ROOT)
+        if path.is_file() and not skip.intersection(rel.parts) and not rel.parts[0].endswith(".egg-info"):
+            found[str(rel)] = path.stat().st_size
+    return found
+
+
 def execute(host: str, workdir: Path) -> dict[str, Any]:
-    """Run the notebook in a fresh `python3` kernel whose OLLAMA_HOST is `host`; cells by id."""
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+    """Run a copy of the notebook, in `workdir`, in a fresh `python3` kernel whose OLLAMA_HOST is `host`; cells by id."""
+    copy = workdir / NOTEBOOK.name  # as the README says: run the tour on a copy
+    shutil.copyfile(NOTEBOOK, copy)
+    nb = nbformat.read(copy, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell("import sys\nprint(sys.prefix)", id=KERNEL_CHECK))
     env = {k: v for k, v in os.environ.items() if k not in ("OLLAMA_MODEL", "OLLAMA_API_KEY", "MPLBACKEND")}
     env["OLLAMA_HOST"] = host
@@ -110,7 +125,11 @@ def check_common(cells: dict[str, Any]) -> None:
 
 
 def test_examples_against_the_test_server(ollama_server: Any, tmp_path: Path) -> None:
+    before = source_tree()
     cells = execute(ollama_server.host, tmp_path)
+    assert source_tree() == before  # the tour leaves the checkout clean (its files go to a temp folder)
+    assert "This tour writes its files to" in text(cells["save"])
+    assert "def fib(n):" in text(cells["code-block"])
     assert text(cells["find-server"]) == ""  # a server answered: no offline model
     check_common(cells)
     assert re.search(rf"host +{re.escape(ollama_server.host)} \(from OLLAMA_HOST\)", text(cells["config"]))

@@ -456,3 +456,25 @@ def test_5_interrupt_during_the_lookup_keeps_a_finished_turn(shell, ollama_serve
     assert shell.user_ns["answer"].endswith("You said: second")  # --out was set
     assert "[llama3.2 ·" in out.out  # the footer: the output was finished
     assert len(store_of(shell).active.turns) == 2
+
+
+# -- 14. the panel's Export without a path does not write into the notebook's folder --------
+def test_14_panel_export_default_is_not_the_working_folder(tmp_path, monkeypatch):
+    import tempfile
+
+    from ollama_magic.store import Turn
+    from ollama_magic.widget import HistoryPanel
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    store = ConversationStore()
+    store.commit(Turn.of({"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}))
+    panel = HistoryPanel(store)
+    try:
+        panel.receive({"do": "export"})
+        target = tmp_path / "tmp" / "ollama_magic-exports" / "default.md"
+        assert target.is_file() and str(target) in panel.status_text
+        assert not (tmp_path / "default.md").exists()
+    finally:
+        panel.close()
