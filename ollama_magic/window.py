@@ -204,6 +204,12 @@ class Sizer:
         if known and user_ctx is None and auto is None and known + new < FAR * smallest:
             # Far from any window: no lookup before the first token, no O(history) estimate.
             return Plan(0, prompt=int(known + new), sent=known + new, calibrated=True, can_grow=enabled)
+        if not known and user_ctx is None and auto is None:
+            # No count yet (a new chat, an edited history): the same test on the estimate,
+            # counted only up to the bound, so the first turn of a chat asks nothing either.
+            history, _ = estimate_tail(messages, FAR * smallest)
+            if history + new < FAR * smallest:
+                return Plan(0, prompt=int(history + new), sent=history + new, can_grow=enabled)
         # What the server runs with no num_ctx sent: asked only when it matters.
         window = user_ctx or auto or self._window(model, default)
         trained = self._trained_of(model) if (user_ctx or enabled) else None

@@ -197,3 +197,42 @@ def test_the_test_server_cuts_long_prompts_like_ollama_in_linear_time(ollama_ser
     # system (3) + the newest 15 messages of 3 tokens, then "last one" (3): 3 + 15*3 + ... <= 50
     assert reply.prompt_eval_count <= 50
     assert reply.message.content.startswith(f"I saw {(50 - 3) // 3 + 1} messages")
+
+
+def _paths_of_turn(ip: Any, server: Any, source: str, cell_id: str) -> tuple[list[str], list[str]]:
+    """(paths asked before the /api/chat, paths asked after it) for one cell."""
+    n = len(server.requests)
+    result = run(ip, source, cell_id=cell_id)
+    assert result.success, result.error_in_exec
+    paths = [r.path for r in server.requests[n:]]
+    assert paths.count("/api/chat") == 1, paths
+    at = paths.index("/api/chat")
+    return paths[:at], paths[at + 1:]
+
+
+def test_a_turn_asks_nothing_before_its_request_while_far_from_the_window(nb_shell, ollama_server, monkeypatch):
+    """First-token latency: no /api/show or /api/ps round trip before the chat request.
+
+    The first turn of a new chat (no token count yet) and every later turn on the
+    same model, even once the cached /api/ps answer is stale, send only /api/chat
+    first; the capability check for --think still asks /api/show, once (cached).
+    """
+    from ollama_magic import models
+
+    before, _ = _paths_of_turn(nb_shell, ollama_server, "%%ollama\nhello", "c1")
+    assert before == []
+    before, after = _paths_of_turn(nb_shell, ollama_server, "%%ollama\nand again", "c2")
+    assert (before, after) == ([], [])  # the window read after turn 1 is cached
+    monkeypatch.setattr(models, "_PS_TTL", 0.0)  # /api/ps answers always stale now
+    before, _ = _paths_of_turn(nb_shell, ollama_server, "%%ollama\nthird", "c3")
+    assert before == []
+    before, _ = _paths_of_turn(nb_shell, ollama_server, "%%ollama -m qwen3 --think\nthink", "c4")
+    assert before == ["/api/show"]
+    before, _ = _paths_of_turn(nb_shell, ollama_server, "%%ollama -m qwen3 --think\nthink more", "c5")
+    assert before == []
+
+
+def test_a_large_first_prompt_still_looks_the_window_up(nb_shell, ollama_server):
+    """The shortcut is only for prompts far below any window: a big first prompt is sized as before."""
+    before, _ = _paths_of_turn(nb_shell, ollama_server, "%%ollama\n" + words(1200, "big"), "big")
+    assert "/api/ps" in before and "/api/show" in before
