@@ -12,20 +12,29 @@ from typing import Any
 
 from .errors import OllamaMagicError
 
-__all__ = ["first_code_block", "json_value", "parse_options", "split_args"]
+__all__ = ["NotFinite", "first_code_block", "json_value", "loads_finite", "parse_options", "split_args"]
 
 _CODE_BLOCK = re.compile(r"^ {0,3}(`{3,}|~{3,})[^\n]*\n(.*?)^ {0,3}\1[ \t]*$", re.DOTALL | re.MULTILINE)
 
 
+class NotFinite(ValueError):
+    """NaN or Infinity in JSON: Python parses them, no JSON encoder (nor Ollama) takes them."""
+
+
 def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name}, which is not a number Ollama accepts")
+    raise NotFinite(f"{name}, which is not a number Ollama accepts")
 
 
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):  # 1e999 overflows to inf without calling parse_constant
-        raise ValueError(f"{text}, which is not a number Ollama accepts")
+        raise NotFinite(f"{text}, which is not a number Ollama accepts")
     return value
+
+
+def loads_finite(text: str | bytes) -> Any:
+    """`json.loads` that raises `NotFinite` for NaN, Infinity and numbers that overflow to them."""
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
 
 
 def json_value(key: str, raw: str) -> Any:
@@ -34,10 +43,10 @@ def json_value(key: str, raw: str) -> Any:
     NaN and Infinity are refused: they parse, but no JSON encoder sends them.
     """
     try:
-        return json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
-    except ValueError as exc:
-        if "not a number" in str(exc):
-            raise OllamaMagicError(f"option {key}: {raw!r} holds {exc}; use a finite number") from None
+        return loads_finite(raw)
+    except NotFinite as exc:
+        raise OllamaMagicError(f"option {key}: {raw!r} holds {exc}; use a finite number") from None
+    except ValueError:
         if raw[:1] in "[{\"":
             raise OllamaMagicError(
                 f"option {key}: {raw!r} looks like JSON but does not parse; fix it, "

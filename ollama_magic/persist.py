@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import os
 import re
 import stat
@@ -27,6 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .bounds import _FILE_DEPTH, depth_exceeds
+from .parsing import NotFinite, loads_finite
 from .store import _META_FIELDS, Conversation, ConversationStore, Message, Turn, TurnMeta, _meta_values
 
 __all__ = ["FORMAT_VERSION", "MAX_LOAD_BYTES", "FileError", "export_markdown", "load", "save"]
@@ -228,10 +228,9 @@ def read(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> tuple
         raise FileError(f"cannot read {source}: {exc.strerror or exc}") from None
     try:
         # NaN/Infinity parse in Python but are no number Ollama (or any JSON encoder) accepts.
-        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite_float)
-    except _NotFinite as exc:
-        raise FileError(f"{source} is not a valid chat file: it holds {exc}, which is not a number "
-                        "Ollama accepts") from None
+        data = loads_finite(raw.decode("utf-8"))
+    except NotFinite as exc:
+        raise FileError(f"{source} is not a valid chat file: it holds {exc}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FileError(f"{source} is not a valid chat file: not JSON ({exc})") from None
     except RecursionError:  # nesting deeper than any chat file has
@@ -246,21 +245,6 @@ def read(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> tuple
     if chats is None:  # anything unusual: the schema decides, and says what is wrong
         return _validated_chats(data, source)
     return chats, data["active"]
-
-
-class _NotFinite(Exception):
-    """NaN or Infinity in a file being loaded."""
-
-
-def _no_constant(name: str) -> Any:
-    raise _NotFinite(name)
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # 1e999 overflows to inf without calling parse_constant
-        raise _NotFinite(text)
-    return value
 
 
 def _validated_chats(data: dict[str, Any], source: Path) -> tuple[list[Conversation], str]:
