@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .digest import SEED, canonical, chain
 from .store import Conversation, ConversationStore, Event, Message, Turn, TurnMeta
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ __all__ = [
     "Journal",
     "JournalError",
     "default_path",
+    "legacy_request_key",
     "request_key",
     "session_key",
 ]
@@ -176,31 +178,42 @@ def _tool_schemas(tools: Mapping[str, Callable[..., Any]] | None) -> list[Any] |
     return out
 
 
-# Canonical JSON of each message seen, by identity: the store hands out the
-# same message objects for every request of a chat, so a 1,000-turn history
-# is hashed without serialising it again. Holds the message, so ids stay true.
-_MESSAGE_JSON: dict[int, tuple[Message, bytes]] = {}
-_MESSAGE_CACHE_MAX = 200_000
+KEY_VERSION = "2:"  # request keys before it were bare hex digests (legacy_request_key)
 
 
-def _canonical(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode("ascii")
+def request_key(req: ChatRequest, history: tuple[int, int, bytes] | None = None) -> str:
+    """The request as one string: model, options, format, think, tools, every message.
+
+    SHA-256 of the canonical head (with a leading system message) and the
+    chained digest (`digest.chain`) of the other messages. `history` =
+    (start, n, digest): `req.messages[start:start + n]` chain to `digest`
+    (`Conversation.chain`), so only the messages after them are hashed: a
+    request key costs O(1) per turn however long the chat. Without it the
+    whole request is hashed; both give the same key.
+    """
+    msgs = req.messages
+    if history is None:
+        start = 1 if msgs and msgs[0].get("role") == "system" else 0
+        n, prev = 0, SEED
+    else:
+        start, n, prev = history
+    head = {"model": req.model, "options": req.options or {}, "format": req.format,
+            "think": req.think, "tools": _tool_schemas(req.tools), "lead": msgs[:start]}
+    tail = chain(prev, msgs[start + n:])
+    return KEY_VERSION + hashlib.sha256(canonical(head) + b"\n" + tail).hexdigest()
 
 
-def request_key(req: ChatRequest) -> str:
-    """SHA-256 of the request's canonical JSON: model, options, format, think, tools, every message."""
+def legacy_request_key(req: ChatRequest) -> str:
+    """The key journals written before KEY_VERSION hold (the whole request hashed, O(history)).
+
+    Asked only when this database still has such rows, so their replies still replay.
+    """
     head = {"model": req.model, "options": req.options or {}, "format": req.format,
             "think": req.think, "tools": _tool_schemas(req.tools)}
-    digest = hashlib.sha256(_canonical(head))
-    cache = _MESSAGE_JSON
-    if len(cache) > _MESSAGE_CACHE_MAX:
-        cache.clear()
+    digest = hashlib.sha256(canonical(head))
     for msg in req.messages:
-        hit = cache.get(id(msg))
-        if hit is None or hit[0] is not msg:
-            hit = cache[id(msg)] = (msg, _canonical(msg))
         digest.update(b"\n")
-        digest.update(hit[1])
+        digest.update(canonical(msg))
     return digest.hexdigest()
 
 
@@ -297,6 +310,7 @@ class Journal:
         self._problem: str | None = None  # the failure last reported (each is said once)
         self._pending: tuple[str, Message, float | None] | None = None  # (request key, user message, origin)
         self._asked: set[str] = set()  # request keys this kernel has seen: those are asked anew
+        self._legacy: bool | None = None  # the database holds keys older than KEY_VERSION (asked once)
         self._notes: list[str] = []
         self._paused = False  # after %ollama forget
         self._forgotten: _Forgotten | None = None
@@ -737,11 +751,15 @@ class Journal:
         return None
 
     # -- replay -------------------------------------------------------------------
-    def replay(self, request: ChatRequest, view: Sink, *, fresh: bool = False) -> tuple[list[Message], Reply] | None:
-        """The journaled answer to exactly this request from an earlier kernel, shown on `view`; else None."""
+    def replay(self, request: ChatRequest, view: Sink, *, fresh: bool = False,
+               history: Callable[[], tuple[int, int, bytes]] | None = None) -> tuple[list[Message], Reply] | None:
+        """The journaled answer to exactly this request from an earlier kernel, shown on `view`; else None.
+
+        `history()`: the (start, n, digest) of `request_key` for the stored history the request carries.
+        """
         if self.path is None or self._paused:
             return None
-        key = request_key(request)
+        key = request_key(request, history() if history is not None else None)
         first = key not in self._asked
         self._asked.add(key)
         self._pending = (key, request.messages[-1], None)
@@ -749,11 +767,9 @@ class Journal:
             return None
         try:
             conn = self._open(write=False)
-            hit = conn.execute(
-                "SELECT t.messages, t.meta, t.origin FROM turns t JOIN chats c ON c.id = t.chat "
-                "JOIN sessions s ON s.id = c.session WHERE t.request = ? AND s.key = ? AND t.kernel <> ? "
-                "AND t.status = 'ok' ORDER BY t.id DESC LIMIT 1", (key, self.key, KERNEL),
-            ).fetchone() if conn is not None else None
+            hit = self._answer(conn, key) if conn is not None else None
+            if hit is None and conn is not None and self._has_legacy(conn):
+                hit = self._answer(conn, legacy_request_key(request))
         except Exception as exc:  # a broken journal just means: ask the model
             self._fail(exc)
             return None
@@ -773,6 +789,21 @@ class Journal:
         view.update(reply)
         self._notes.append(f"replayed from {_stamp(hit[2])} (ask the model anew with --fresh)")
         return list(messages[1:-1]), reply
+
+    def _answer(self, conn: sqlite3.Connection, key: str) -> Any:
+        return conn.execute(
+            "SELECT t.messages, t.meta, t.origin FROM turns t JOIN chats c ON c.id = t.chat "
+            "JOIN sessions s ON s.id = c.session WHERE t.request = ? AND s.key = ? AND t.kernel <> ? "
+            "AND t.status = 'ok' ORDER BY t.id DESC LIMIT 1", (key, self.key, KERNEL),
+        ).fetchone()
+
+    def _has_legacy(self, conn: sqlite3.Connection) -> bool:
+        """Whether any row holds a key from before KEY_VERSION (through the request index; once per kernel)."""
+        if self._legacy is None:
+            self._legacy = conn.execute(
+                "SELECT 1 FROM turns WHERE request IS NOT NULL AND (request < ? OR request >= ?) LIMIT 1",
+                (KEY_VERSION, KEY_VERSION[:-1] + chr(ord(KEY_VERSION[-1]) + 1))).fetchone() is not None
+        return self._legacy
 
     def notes(self) -> list[str]:
         """Footer notes of the turn that just ran (then forgotten)."""

@@ -365,7 +365,9 @@ class OllamaMagics(Lifecycle, JournalCommands, Subcommands, Magics):
         exchange: list[dict[str, Any]] = []
         try:
             with Feed(store, target.name, user, view, rate=self.display_rate) as sink:  # the panel's live view
-                exchange, reply = (self.journal.replay(request, sink, fresh=args.fresh or not self.replay)
+                lead = 1 if system else 0  # the key hashes only what the store has not chained yet
+                exchange, reply = (self.journal.replay(request, sink, fresh=args.fresh or not self.replay,
+                                                       history=lambda: (lead, len(messages) - lead, conv.chain(base)))
                                    or chat.converse(client, request, sink, max_tool_rounds=self.max_tool_rounds,
                                                   max_tool_calls=self.max_tool_calls))
         except KeyboardInterrupt:

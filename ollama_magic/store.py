@@ -189,7 +189,7 @@ class Conversation:
     """
 
     __slots__ = ("name", "model", "system", "options", "_turns", "_view", "_cells", "_prev", "_sent",
-                 "_ends", "_maxp", "_ctx", "_edited", "_generated", "_with_vars")
+                 "_ends", "_maxp", "_ctx", "_edited", "_generated", "_with_vars", "_chain")
 
     def __init__(self, name: str, model: str | None = None, system: str | None = None,
                  options: dict[str, Any] | None = None, turns: Iterable[Turn] = ()) -> None:
@@ -209,6 +209,9 @@ class Conversation:
         self._edited = 0  # how many turns are edited
         self._generated = 0  # eval_count summed over the turns
         self._with_vars = array("q")  # positions of turns whose prompt used {variables}, ascending
+        # _chain[32*i:32*i+32]: digest.chain of the wire messages of turns[:i+1]; filled on demand
+        # (only the journal asks), cut wherever turns are spliced.
+        self._chain = bytearray()
         self._splice(0, turns)
 
     def __repr__(self) -> str:
@@ -247,6 +250,7 @@ class Conversation:
         del turns[start:]
         del self._sent[self._ends[start - 1] if start else 0:]
         del self._ends[start:], self._maxp[start:], self._ctx[start:], prev[start:]
+        del self._chain[32 * start:]
         with_vars = self._with_vars
         while with_vars and with_vars[-1] >= start:
             with_vars.pop()
@@ -286,6 +290,7 @@ class Conversation:
         self._sent = list(other._sent)
         self._edited, self._generated = other._edited, other._generated
         self._with_vars = array("q", other._with_vars)
+        self._chain = bytearray(other._chain)
 
     def _set(self, index: int, turn: Turn) -> Turn:
         """Replace one turn; returns the old one (what an edit does)."""
@@ -306,6 +311,26 @@ class Conversation:
         k = slice(None, upto).indices(len(self._turns))[1]
         msgs += self._sent[:self._ends[k - 1]] if k > 0 else ()
         return msgs
+
+    def chain(self, upto: int) -> bytes:
+        """`digest.chain(SEED, history(upto))` without a system prompt, in O(turns added since asked).
+
+        Digests are kept per turn position and cut where the turns change, so
+        asking after each new turn hashes only that turn's messages.
+        """
+        from .digest import SEED, chain
+
+        k = slice(None, upto).indices(len(self._turns))[1]
+        ch, ends, sent = self._chain, self._ends, self._sent
+        done = len(ch) // 32
+        if done < k:
+            prev = bytes(ch[-32:]) if done else SEED
+            lo = ends[done - 1] if done else 0
+            for i in range(done, k):
+                prev = chain(prev, sent[lo:ends[i]])
+                lo = ends[i]
+                ch += prev
+        return bytes(ch[32 * (k - 1):32 * k]) if k else SEED
 
     def messages(self) -> list[Message]:
         """All stored messages, thinking included (for display and export)."""

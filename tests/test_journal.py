@@ -237,6 +237,109 @@ def test_request_key_covers_the_whole_request():
     assert request_key(ChatRequest("m", list(base.messages), {}, stream=False)) == keys[0]
 
 
+def _store_with(n: int, system: str | None = None) -> ConversationStore:
+    store = ConversationStore(model="m")
+    if system:
+        store.active.system = system
+    for i in range(n):
+        store.commit(Turn(({"role": "user", "content": f"q{i}", "images": ["aGk="] if i == 1 else None},
+                           {"role": "assistant", "content": f"a{i}"}), TurnMeta(cell_id=f"c{i}")))
+    return store
+
+
+@pytest.mark.parametrize("system", [None, "Be terse."])
+def test_request_key_from_the_stores_chain_equals_the_whole_request_hashed(system):
+    """The O(1) key (history digest from `Conversation.chain`) is the key of the whole request,
+    at every prefix, and stays so through the store's edits, deletes and truncation."""
+    store = _store_with(6, system)
+    conv = store.active
+    user = {"role": "user", "content": "next"}
+
+    def both(base: int) -> tuple[str, str]:
+        msgs = conv.history(base)
+        req = ChatRequest("m", msgs + [user], {"seed": 1}, think=True)
+        lead = 1 if system else 0
+        return request_key(req), request_key(req, (lead, len(msgs) - lead, conv.chain(base)))
+
+    keys = set()
+    for base in (6, 0, 3, 6, 2):  # out of order: the cached digests must not depend on asking order
+        whole, chained = both(base)
+        assert whole == chained and whole.startswith(journal_mod.KEY_VERSION)
+        keys.add(whole)
+    assert len(keys) == 4
+    before = both(6)[0]
+    store.edit(3, "an edited answer")
+    assert both(6)[0] == both(6)[1] != before
+    assert both(3)[0] == both(3)[1]
+    store.delete(1)
+    assert both(5)[0] == both(5)[1]
+    store.truncate(2)
+    assert both(2)[0] == both(2)[1] == both(99)[0]
+
+
+def test_request_key_hashes_only_what_is_new(shell, ollama_server, db, monkeypatch, tmp_path):
+    """Issue #17 point 3: a turn at 400 stored turns serialises as many messages for its key as at 4."""
+    from ollama_magic import digest
+
+    monkeypatch.setenv("JPY_SESSION_NAME", str(tmp_path / "k.ipynb"))
+    shell.run_line_magic("reload_ext", "ollama_magic")
+    shell.run_line_magic("ollama", "model llama3.2")
+    calls = []
+    real = digest.canonical
+
+    def counting(value: Any) -> bytes:
+        calls.append(1)
+        return real(value)
+
+    monkeypatch.setattr(digest, "canonical", counting)
+    monkeypatch.setattr(journal_mod, "canonical", counting)
+
+    def per_turn(cell: str) -> int:
+        calls.clear()
+        assert run(shell, f"%%ollama\n{cell}", cell).success
+        return len(calls)
+
+    conv = magics_of(shell).store.active
+    for i in range(4):
+        run(shell, f"%%ollama\nwarm {i}", f"w{i}")
+    small = per_turn("at four")
+    for i in range(400):  # the history grows without cells: commits as a restore or load would add them
+        conv_store = magics_of(shell).store
+        conv_store.commit(Turn(({"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}),
+                               TurnMeta(cell_id=f"bulk{i}")))
+    assert len(conv.turns) > 400
+    per_turn("catch up")  # the first key after the bulk chains those turns once
+    assert per_turn("at four hundred") == small <= 6
+
+
+def test_replies_journaled_with_old_keys_still_replay(shell, ollama_server, db, monkeypatch, capsys, tmp_path):
+    """Rows written before KEY_VERSION hold the old whole-request hash: still found, and the
+    replayed turn is journaled under the new key."""
+    nb = tmp_path / "old.ipynb"
+    new_kernel(shell, monkeypatch, capsys, nb)
+    run(shell, "%%ollama\nfirst", "a")
+    run(shell, "%%ollama\nsecond", "b")
+    conn = sqlite3.connect(db)
+    rows = conn.execute("SELECT id, messages FROM turns ORDER BY id").fetchall()
+    history: list[dict[str, Any]] = []
+    for rowid, messages in rows:  # rewrite as an old kernel keyed them
+        msgs = json.loads(messages)
+        req = ChatRequest("llama3.2", history + [msgs[0]])
+        conn.execute("UPDATE turns SET request = ? WHERE id = ?", (journal_mod.legacy_request_key(req), rowid))
+        history += msgs
+    conn.commit()
+    conn.close()
+    new_kernel(shell, monkeypatch, capsys, nb)
+    ollama_server.reset()
+    run(shell, "%%ollama\nfirst", "a")
+    run(shell, "%%ollama\nsecond", "b")
+    assert ollama_server.chat_requests() == []  # both replayed from the old keys
+    conn = sqlite3.connect(db)
+    newest = conn.execute("SELECT request FROM turns ORDER BY id DESC LIMIT 1").fetchone()[0]
+    conn.close()
+    assert newest.startswith(journal_mod.KEY_VERSION)
+
+
 # -- several notebooks, several writers -------------------------------------------------
 def test_two_notebooks_in_one_journal_stay_apart(shell, ollama_server, db, monkeypatch, capsys, tmp_path):
     a, b = tmp_path / "a.ipynb", tmp_path / "b.ipynb"
