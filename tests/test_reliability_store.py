@@ -35,7 +35,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from IPython.core.error import UsageError
 
 from conftest import magics_of, run
-from ollama_magic import persist
+from ollama_magic import digest, persist
 from ollama_magic.routing import target_chat
 from ollama_magic.store import Conversation, ConversationStore, Event, StoreError, Turn, TurnMeta
 
@@ -88,6 +88,10 @@ def check_index(conv: Conversation) -> None:
     assert conv.turns_with_variables() == [i for i, t in enumerate(conv.turns) if t.meta.variables]
     for k in range(len(conv.turns) + 1):
         assert conv.turns_with_variables(k) == [i for i, t in enumerate(conv.turns[:k]) if t.meta.variables]
+    # The cached history digests (journal request keys) are those of the history as it is now.
+    n = len(conv.turns)
+    for k in sorted({n // 2, n, max(n - 1, 0)}):
+        assert conv.chain(k) == digest.chain(digest.SEED, conv.history(k, system=None)), k
 
 
 class StoreMachine(RuleBasedStateMachine):
