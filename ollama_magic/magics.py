@@ -53,6 +53,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _ERROR_CHARS = 4000
 _INTERNAL = re.compile(r"[/\\\\](IPython|ipykernel)[/\\\\]")
 _LOOKUP_TIMEOUT = 3.0  # seconds for /api/show and /api/ps hints: they never hold up a turn for long
+_LOAD_TIMEOUT = 30.0  # seconds for loading a model to learn its window (the turn would wait for that load anyway)
 
 
 def _user_traceback(err: BaseException) -> str:
@@ -162,9 +163,11 @@ class OllamaMagics(Lifecycle, JournalCommands, Subcommands, Magics):
         self.panels: weakref.WeakSet[Any] = weakref.WeakSet()
         # What the server says about models (capabilities, windows), with short timeouts of its own.
         self.models = ModelInfo(lambda: chat.client_for(self._host()[0], dict(self.headers), min(self.timeout, _LOOKUP_TIMEOUT)),
-                                lambda: self._host()[0])
+                                lambda: self._host()[0],
+                                load_client=lambda: chat.client_for(self._host()[0], dict(self.headers), min(self.timeout, _LOAD_TIMEOUT)))
         self._shapes: dict[str, PromptShape] = {}  # chat -> the last stored request's shape
-        self.sizer = window.Sizer(lambda model: self.context_window(model), self.trained_length)
+        self.sizer = window.Sizer(lambda model: self.context_window(model), self.trained_length,
+                                  learn=self.models.learn_window)
         self.stale = context.Staleness(lambda: self.shell.user_ns if self.shell is not None else {},
                                        lambda: self.max_var_chars)
         self._open_journal(restore=self.restore == "auto")
@@ -494,7 +497,7 @@ class OllamaMagics(Lifecycle, JournalCommands, Subcommands, Magics):
         if (loaded := self.models.loaded_window(model)) is not None:
             return loaded
         facts = self.models.facts(model)
-        return facts.num_ctx if facts is not None else None
+        return (facts.num_ctx if facts is not None else None) or self.models.learned(model)
 
     def trained_length(self, model: str) -> int | None:
         """The model's trained context length (`model_info.*.context_length`)."""

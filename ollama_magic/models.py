@@ -16,6 +16,11 @@ API (the context-window code in `context.py` builds on it):
   length with a note (server/sched.go effectiveContext); else `/api/ps` once
   loaded; else `parameters`; else `default` (the server's default, e.g.
   `OllamaMagics.default_num_ctx`, standing for OLLAMA_CONTEXT_LENGTH).
+- `ModelInfo.learn_window(model) -> int | None`: the window
+  the server gives `model` when no num_ctx is sent, learned by loading it
+  (Ollama's own load request, an /api/chat with no messages, answered with
+  done_reason "load"; server/routes.go ChatHandler) and reading /api/ps.
+  Cached like the rest; `learned(model)` reads the cache only.
 - `ModelInfo.having(capability, names) -> list[str]`: which of `names` have it.
 - `ModelInfo.forget(model=None)`: drop cached answers (after a turn that may
   have reloaded the model, a pull, a delete, an unload).
@@ -94,16 +99,21 @@ class PromptShape:
 class ModelInfo:
     """Cached answers of `/api/show` and `/api/ps` for one kernel."""
 
-    def __init__(self, client: Callable[[], ollama.Client], host: Callable[[], str], ttl: float = 60.0) -> None:
+    def __init__(self, client: Callable[[], ollama.Client], host: Callable[[], str], ttl: float = 60.0,
+                 load_client: Callable[[], ollama.Client] | None = None) -> None:
         self._client = client
+        self._load_client = load_client or client  # a load takes longer than a lookup
         self._host = host
         self.ttl = ttl
         self._facts: dict[tuple[str, str], tuple[float, Facts | None]] = {}
         self._ps: dict[str, tuple[float, dict[str, int]]] = {}
+        self._learned: dict[tuple[str, str], tuple[float, int]] = {}
 
     def forget(self, model: str | None = None) -> None:
         host = self._host()
         self._ps.pop(host, None)
+        for key in [k for k in self._learned if k[0] == host and (model is None or same_model(k[1], model))]:
+            del self._learned[key]
         for key in [k for k in self._facts if k[0] == host and (model is None or same_model(k[1], model))]:
             del self._facts[key]
 
@@ -157,6 +167,31 @@ class ModelInfo:
                 return size
         return None
 
+    def learned(self, model: str) -> int | None:
+        """The window `learn_window` found for `model`, while the cache trusts it."""
+        hit = self._learned.get((self._host(), model))
+        return hit[1] if hit is not None and time.monotonic() - hit[0] < self.ttl else None
+
+    def learn_window(self, model: str) -> int | None:
+        """Load `model` with no num_ctx and read the window the server gave it (None if it cannot say).
+
+        The server's default is per model (OLLAMA_CONTEXT_LENGTH, else chosen by
+        VRAM and lowered for a model that does not fit; server/sched.go), so
+        only a load tells it. The load is one the turn would make anyway; it
+        keeps the server's keep_alive (the turn's request sets the user's next).
+        """
+        if (hit := self.learned(model)) is not None:
+            return hit
+        try:
+            self._load_client().chat(model, messages=[], stream=False)
+        except Exception:  # never fail a turn over a hint (a slow load times out: unknown)
+            return None
+        self._ps.pop(self._host(), None)  # /api/ps changed with the load
+        size = self.loaded_window(model)
+        if size is not None:
+            self._learned[(self._host(), model)] = (time.monotonic(), size)
+        return size
+
     def window(self, model: str, options: Mapping[str, Any], default: int) -> Window:
         wanted = options.get("num_ctx")
         facts = self.facts(model)
@@ -166,7 +201,7 @@ class ModelInfo:
                 return Window(trained, "option", f"num_ctx {int(wanted)} is more than {model} was trained on; "
                                                   f"Ollama uses {trained}")
             return Window(int(wanted), "option")
-        if (loaded := self.loaded_window(model)) is not None:
+        if (loaded := self.loaded_window(model) or self.learned(model)) is not None:
             return Window(loaded, "loaded")
         # Ollama clamps any num_ctx, its default included, to the trained length (sched.go effectiveContext).
         if facts is not None and facts.num_ctx:

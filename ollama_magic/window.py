@@ -174,22 +174,30 @@ class Sizer:
 
     `window_of(model)`: the server's window for the model when no num_ctx is
     sent (None if unknown: then `default`); `trained_of(model)`: its trained
-    length (None if unknown). The automatic values live here, per chat name:
+    length (None if unknown); `learn(model)`: find that window out by loading
+    the model (None if it cannot), asked only when an unknown window matters:
+    the server's default may be larger than `default`, and a num_ctx sized
+    from `default` would then shrink the window and reload the model. The automatic values live here, per chat name:
     never in the chat's options, so a new chat does not inherit them and
     nothing mistakes them for the user's.
     """
 
-    def __init__(self, window_of: Callable[[str], int | None], trained_of: Callable[[str], int | None]) -> None:
+    def __init__(self, window_of: Callable[[str], int | None], trained_of: Callable[[str], int | None],
+                 learn: Callable[[str], int | None] = lambda model: None) -> None:
         self._window_of = window_of
         self._trained_of = trained_of
+        self._learn = learn
         self.auto: dict[str, int] = {}  # chat name -> the num_ctx it sends automatically
         self._seen: dict[str, int] = {}  # model -> the last window the server reported
 
     def _window(self, model: str, default: int) -> int:
+        return self._known(model) or default
+
+    def _known(self, model: str) -> int | None:
         window = self._window_of(model)
         if window:
             self._seen[model] = window
-        return window or default
+        return window or None
 
     def before(self, conv: Any, base: int, messages: Sequence[Mapping[str, Any]], user: Mapping[str, Any],
                model: str, explicit: Any, *, enabled: bool, max_num_ctx: int, default: int) -> Plan:
@@ -211,8 +219,24 @@ class Sizer:
             if history + new < FAR * smallest:
                 return Plan(0, prompt=int(history + new), sent=history + new, can_grow=enabled)
         # What the server runs with no num_ctx sent: asked only when it matters.
-        window = user_ctx or auto or self._window(model, default)
+        known_window = user_ctx or auto or self._known(model)
+        window = known_window or default
         trained = self._trained_of(model) if (user_ctx or enabled) else None
+        out = self._plan(known, new, messages, window, user_ctx, auto, trained, max_num_ctx, enabled)
+        if enabled and not known_window and out.num_ctx:
+            # Sized from an assumed default: learn the server's real window first,
+            # so the request never carries a num_ctx below what it would use.
+            learned = self._learn(model)
+            if learned:
+                self._seen[model] = learned
+                out = self._plan(known, new, messages, learned, user_ctx, auto, trained, max_num_ctx, enabled)
+        if out.raised and out.num_ctx:
+            self.auto[conv.name] = out.num_ctx
+        return out
+
+    @staticmethod
+    def _plan(known: int, new: float, messages: Sequence[Mapping[str, Any]], window: int, user_ctx: int | None,
+              auto: int | None, trained: int | None, max_num_ctx: int, enabled: bool) -> Plan:
         if known and known + new < FAR * window:
             sent, rate = known + new, 1.0
         else:
@@ -226,8 +250,6 @@ class Sizer:
         out = plan(prompt=prompt, window=window, explicit=user_ctx, auto=auto, trained=trained,
                    max_num_ctx=max_num_ctx, enabled=enabled)
         out.sent, out.calibrated = sent, bool(known)
-        if out.raised and out.num_ctx:
-            self.auto[conv.name] = out.num_ctx
         return out
 
     def after(self, plan: Plan, prompt_eval_count: int | None, prior: int, model: str, *,

@@ -236,3 +236,60 @@ def test_a_large_first_prompt_still_looks_the_window_up(nb_shell, ollama_server)
     """The shortcut is only for prompts far below any window: a big first prompt is sized as before."""
     before, _ = _paths_of_turn(nb_shell, ollama_server, "%%ollama\n" + words(1200, "big"), "big")
     assert "/api/ps" in before and "/api/show" in before
+
+
+def sent_requests(server: Any) -> list[tuple[str, int | None, int | None]]:
+    """(path, messages in an /api/chat, its num_ctx) for every request the server received."""
+    out = []
+    for r in list(server.requests):
+        body = r.json if isinstance(r.json, dict) else {}
+        chat = r.path == "/api/chat"
+        out.append((r.path, len(body.get("messages") or []) if chat else None,
+                    (body.get("options") or {}).get("num_ctx") if chat else None))
+    return out
+
+
+def test_an_unknown_window_is_learned_before_a_big_first_prompt_never_shrinking_it(nb_shell, ollama_server):
+    # OLLAMA_CONTEXT_LENGTH=32768 (or 32k by VRAM); the model is not loaded and has no Modelfile num_ctx,
+    # so nothing says the window until it loads. 4,000 words estimate ~5,000 tokens: past 90% of 4,096.
+    ollama_server.context_length = 32768
+    assert run(nb_shell, "%%ollama\n" + words(4000, "big")).success
+    reqs = sent_requests(ollama_server)
+    chats = [r for r in reqs if r[0] == "/api/chat"]
+    assert chats == [("/api/chat", 0, None), ("/api/chat", 1, None)]  # Ollama's load request, then the turn
+    assert chat_num_ctx(ollama_server) == [None, None]  # no num_ctx below the server's 32,768
+    assert "window raised" not in footer(nb_shell) and seen_all(nb_shell, ollama_server)
+    assert [m["context_length"] for m in ollama_server._ps_entries()] == [32768]  # loaded once, never reloaded smaller
+    # Cached: a second big prompt in a new chat asks no second load.
+    assert run(nb_shell, "%%ollama -c other --new\n" + words(4000, "again")).success
+    assert [r for r in sent_requests(ollama_server)[len(reqs):] if r[0] == "/api/chat"] == [("/api/chat", 1, None)]
+
+
+@pytest.mark.parametrize("server_window", [2048, 4096])
+def test_a_learned_window_smaller_than_the_prompt_still_grows(nb_shell, ollama_server, server_window):
+    ollama_server.context_length = server_window
+    assert run(nb_shell, "%%ollama\n" + words(4000, "big")).success
+    sent = chat_num_ctx(ollama_server)
+    assert [len(b.get("messages") or []) for b in ollama_server.chat_requests()] == [0, 1]  # learned, then sized
+    assert sent == [None, 8192] and sent[1] > server_window  # ~5,000 tokens at most 75% full
+    assert "window raised to 8,192 tokens" in footer(nb_shell) and seen_all(nb_shell, ollama_server)
+
+
+def test_an_ordinary_short_turn_makes_no_extra_request(nb_shell, ollama_server):
+    ollama_server.context_length = 32768
+    assert run(nb_shell, "%%ollama\nhello there").success
+    assert run(nb_shell, "%%ollama\nand again").success
+    chats = [r for r in sent_requests(ollama_server) if r[0] == "/api/chat"]
+    assert chats == [("/api/chat", 1, None), ("/api/chat", 3, None)]  # no load request, no num_ctx
+    paths = [r[0] for r in sent_requests(ollama_server)]
+    # The model chosen at setup (/api/tags), the two turns and the window read after the first: nothing more.
+    assert paths == ["/api/tags", "/api/chat", "/api/ps", "/api/chat"], paths
+
+
+def test_a_failed_load_falls_back_to_the_assumed_default_and_never_fails_the_turn(nb_shell, ollama_server):
+    from ollama_magic import chat
+
+    # A real client to a port nothing listens on: the load cannot be made.
+    magics_of(nb_shell).models._load_client = lambda: chat.client_for("http://127.0.0.1:9", {}, 1.0)
+    assert run(nb_shell, "%%ollama\n" + words(4000, "big")).success
+    assert chat_num_ctx(ollama_server) == [8192]  # sized from default_num_ctx, as before
