@@ -129,6 +129,7 @@ class Subcommands:
     rerun: str
     timeout: float
     default_num_ctx: int
+    max_var_chars: int
     keep_alive: float | str | None
     max_tool_rounds: int
     max_tool_calls: int
@@ -300,7 +301,7 @@ class Subcommands:
                                  default_model=lambda: self.model or self._auto_model,
                                  context_window=self.context_window,
                                  default_num_ctx=self.default_num_ctx, namespace=self.shell.user_ns,
-                                 page_size=args.last or 20)
+                                 page_size=args.last or 20, max_var_chars=lambda: self.max_var_chars)
             panel.cell_id = cell
             self.panels.add(panel)  # closed (and unsubscribed) on unload
             return panel

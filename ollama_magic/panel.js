@@ -301,6 +301,9 @@ function render({ model, el }) {
     row.no = h("span", "om-turn-no", "Turn " + (data.index + 1));
     headRow.append(row.no);
     if (data.meta.edited) headRow.append(h("span", "om-badge", "edited"));
+    row.stale = h("span", "om-stale");
+    headRow.append(row.stale);
+    setStale(row, data.stale);
     headRow.append(h("span", "om-spacer"));
     const menu = h("details", "om-menu");
     menu.append(h("summary", "om-btn om-quiet", "⋯"));
@@ -337,6 +340,14 @@ function render({ model, el }) {
       }
     });
     return row;
+  }
+
+  // A variable this turn interpolated now renders differently (names are user text: textContent only).
+  function setStale(row, refs) {
+    row.data.stale = refs || null;
+    row.stale.hidden = !refs || !refs.length;
+    row.stale.textContent = row.stale.hidden ? "" : "stale: " + refs.map((r) => "{" + r + "}").join(", ") + " changed";
+    row.stale.title = row.stale.hidden ? "" : "Re-run this turn's cell to ask again with the current values";
   }
 
   function openEditor(row, part, box, bubble) {
@@ -474,6 +485,7 @@ function render({ model, el }) {
         if (!rows.length && msg.total) loadLast();
         break;
       }
+      case "stale": for (const r of rows) setStale(r, Object.hasOwn(msg.marks, r.key) ? msg.marks[r.key] : null); break;
       case "live": onLive(msg); break;
       case "confirm_copy": replaceBtn.hidden = false; more.open = true; break;
     }

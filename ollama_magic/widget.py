@@ -45,7 +45,9 @@ import anywidget
 import traitlets as t
 
 from . import persist
+from .context import stale_turns
 from .images import image_kind
+from .reprs import DEFAULT_MAX_CHARS
 from .safe import container, markdown_html, terminal, text_html
 from .store import Conversation, ConversationStore, Event, Message, StoreError, Turn
 
@@ -205,7 +207,9 @@ class HistoryPanel(anywidget.AnyWidget):
         (then the model field is free text).
     default_model: the model a turn uses when the chat has none.
     context_window: the model's context window (num_ctx) if known.
-    namespace: where "Copy messages" puts the message list (the user namespace).
+    namespace: where "Copy messages" puts the message list (the user namespace);
+        also what stale turns are checked against (`context.stale_turns`).
+    max_var_chars: the bound the turns' variables were rendered with.
     """
 
     _esm = t.Unicode(_read("panel.js")).tag(sync=True)
@@ -230,10 +234,12 @@ class HistoryPanel(anywidget.AnyWidget):
                  default_model: Callable[[], str | None] = lambda: None,
                  context_window: Callable[[str], int | None] = lambda model: None,
                  default_num_ctx: int = 4096, namespace: dict[str, Any] | None = None,
-                 page_size: int = PAGE) -> None:
+                 page_size: int = PAGE, max_var_chars: Callable[[], int] = lambda: DEFAULT_MAX_CHARS) -> None:
         super().__init__()
         self.store = store
         self.namespace = namespace
+        self._max_var_chars = max_var_chars
+        self._stale_sent: dict[str, list[str]] = {}  # turn key -> stale refs, as last sent for the whole chat
         self.default_num_ctx = default_num_ctx
         self.page = max(1, int(page_size))
         self._default_model = default_model
@@ -267,7 +273,41 @@ class HistoryPanel(anywidget.AnyWidget):
         turns = self._conv().turns
         end = len(turns) if end is None else max(0, min(int(end), len(turns)))
         start = max(0, end - (size or self.page))
-        return [render_turn(i, turns[i]) for i in range(start, end)]
+        return self._marked([render_turn(i, turns[i]) for i in range(start, end)])
+
+    # -- stale turns: checked when rows are sent and on store events, never by polling -----
+    def _stale(self, indices: Sequence[int] | None = None) -> dict[int, list[str]]:
+        """{turn index: refs that now render differently}, for these turns (all when None)."""
+        if self.namespace is None:
+            return {}
+        conv = self._conv()
+        try:
+            if indices is None:
+                return stale_turns(conv, self.namespace, self._max_var_chars())
+            turns = conv.turns
+            picked = [i for i in indices if 0 <= i < len(turns) and turns[i].meta.variables]
+            if not picked:  # the usual case: nothing rendered at all
+                return {}
+            found = stale_turns([turns[i] for i in picked], self.namespace, self._max_var_chars())
+            return {picked[j]: refs for j, refs in found.items()}
+        except Exception as exc:  # a value whose rendering fails must not break the panel
+            log.debug("stale check failed: %s", exc)
+            return {}
+
+    def _marked(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        stale = self._stale([r["index"] for r in rows])
+        for row in rows:
+            if row["index"] in stale:
+                row["stale"] = stale[row["index"]]
+        return rows
+
+    def _post_stale(self) -> None:
+        """Send the chat's stale marks when they changed (a turn event may follow a changed variable)."""
+        turns = self._conv().turns
+        marks = {turn_key(turns[i]): refs for i, refs in self._stale(None).items() if i < len(turns)}
+        if marks != self._stale_sent:
+            self._stale_sent = marks
+            self._post({"kind": "stale", "marks": marks})
 
     def receive(self, content: dict[str, Any]) -> None:
         """Handle one message from the front end (buttons, edits, paging, search)."""
@@ -455,12 +495,12 @@ class HistoryPanel(anywidget.AnyWidget):
         turns = self._conv().turns
         if kind == "turn_added" and event.index == len(turns) - 1:
             self._end_live()
-            self._post({"kind": "append", "row": render_turn(event.index, turns[event.index]),
+            self._post({"kind": "append", "row": self._marked([render_turn(event.index, turns[event.index])])[0],
                         "total": len(turns)})
         elif kind in ("turn_replaced", "edited") and event.index is not None and event.index < len(turns):
             if kind == "turn_replaced":
                 self._end_live()
-            self._post({"kind": "replace", "row": render_turn(event.index, turns[event.index]),
+            self._post({"kind": "replace", "row": self._marked([render_turn(event.index, turns[event.index])])[0],
                         "total": len(turns)})
         elif kind == "deleted" and event.index is not None:
             self._post({"kind": "deleted", "index": event.index, "total": len(turns)})
@@ -477,6 +517,8 @@ class HistoryPanel(anywidget.AnyWidget):
             self.system = self._conv().system or ""
             self.model = self._conv().model or ""
             self.version += 1
+        if kind in _STALE_EVENTS:
+            self._post_stale()
         self._refresh()
 
     # -- a reply in flight -------------------------------------------------------------
@@ -533,7 +575,7 @@ class HistoryPanel(anywidget.AnyWidget):
         """Rows for given turn indices (a search's matches)."""
         turns = self._conv().turns
         wanted = [i for i in content.get("indices") or [] if isinstance(i, int) and 0 <= i < len(turns)]
-        rows = [render_turn(i, turns[i]) for i in wanted[: self.page * 5]]
+        rows = self._marked([render_turn(i, turns[i]) for i in wanted[: self.page * 5]])
         self._post({"kind": "rows", "req": content.get("req"), "rows": rows, "total": self.total,
                     "version": self.version, "filtered": True})
 
@@ -689,6 +731,7 @@ class HistoryPanel(anywidget.AnyWidget):
 
 
 _TURN_EVENTS = frozenset({"turn_added", "turn_replaced", "truncated"})
+_STALE_EVENTS = frozenset({"turn_added", "turn_replaced", "edited", "deleted", "truncated", "reset"})
 
 
 def _describe(event: Event) -> str:

@@ -13,6 +13,7 @@ property test can check that what a browser would show mirrors the store.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html as html_lib
 import json
 import re
@@ -187,6 +188,10 @@ class Front:
             self.rows = [r for r in self.rows if r["index"] < msg["keep"]]
             if not self.rows and msg["total"]:
                 self.load_last()
+        elif kind == "stale":  # panel.js setStale: every shown row takes its mark (or loses it)
+            self.rows = [{k: v for k, v in r.items() if k != "stale"}
+                         | ({"stale": msg["marks"][r["key"]]} if r["key"] in msg["marks"] else {})
+                         for r in self.rows]
 
 
 # -- building ---------------------------------------------------------------------------------
@@ -867,3 +872,77 @@ def test_front_end_mirrors_store(wire, ops):
             assert not panel.status.get("error")  # no error, no emergency redraw
     finally:
         panel.close()
+
+
+# -- stale turns (issue #16 point 4) -----------------------------------------------------------
+
+class Counted:
+    """A value that counts how often it is rendered."""
+
+    renders = 0
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    def __str__(self) -> str:
+        Counted.renders += 1
+        return self.label
+
+
+def asked_with(i: int, ns: dict[str, Any], cell: str | None = None) -> Turn:
+    """A turn whose question interpolated {df} as the magic does (fingerprints of what was sent)."""
+    from ollama_magic import context
+    from ollama_magic.interpolate import default_renderer, interpolate_refs
+
+    text, used = interpolate_refs("about {df}", ns, default_renderer(8000))
+    turn = make_turn(i, cell=cell, question=text)
+    return Turn(turn.messages, dataclasses.replace(turn.meta, variables=context.fingerprints(used)))
+
+
+def test_a_turn_whose_variable_changed_is_marked_stale_and_the_mark_goes_when_its_cell_is_rerun(panels, wire):
+    ns: dict[str, Any] = {"df": Counted("rows 1 2 3")}
+    store = filled(1)
+    store.commit(asked_with(1, ns, cell="cell-df"))
+    panel = open_panel(panels, store, namespace=ns)
+    front = Front(panel, wire)
+    assert [r.get("stale") for r in front.rows] == [None, None]  # what was sent is what it renders now
+
+    ns["df"] = Counted("rows 1 2 3 4")  # the variable changed in an ordinary cell: no event, nothing sent
+    assert [r.get("stale") for r in page(panel)] == [None, ["df"]]  # a page/row fetch carries the mark
+
+    store.commit(make_turn(2))  # a store event: the open panel's rows get the mark without a fetch
+    assert last(panel, "stale")["marks"] == {front.rows[1]["key"]: ["df"]}
+    assert [r.get("stale") for r in front.rows] == [None, ["df"], None]
+
+    store.commit(asked_with(1, ns, cell="cell-df"))  # the cell re-run (rewind): fresh fingerprints
+    assert [r["index"] for r in front.rows] == [0, 1]
+    assert [r.get("stale") for r in front.rows] == [None, None]
+    assert last(panel, "stale")["marks"] == {}
+    assert all("stale" not in r for r in page(panel))
+
+
+def test_stale_marks_are_cheap_and_only_for_turns_that_used_variables(panels, wire):
+    ns: dict[str, Any] = {"df": Counted("a")}
+    store = filled(30)
+    panel = open_panel(panels, store, namespace=ns)
+    front = Front(panel, wire)
+    Counted.renders = 0
+    page(panel)
+    store.commit(make_turn(30))
+    assert Counted.renders == 0  # no turn used a variable: nothing rendered, no stale message
+    assert not [m for m in wire.custom() if m.get("kind") == "stale"]
+    store.commit(asked_with(31, ns))
+    Counted.renders = 0
+    page(panel)
+    assert Counted.renders == 1  # one render for the page's one turn with a variable
+    ns["df"] = Counted("b")
+    page(panel, end=10)  # a page without that turn renders nothing
+    assert Counted.renders == 1 and front.rows
+
+
+def test_the_stale_mark_is_drawn_as_text(panels):
+    """panel.js draws the mark with textContent (variable names are user text), never innerHTML."""
+    js = (Path(__file__).parent.parent / "ollama_magic" / "panel.js").read_text()
+    body = js[js.index("function setStale"):js.index("function openEditor")]
+    assert "row.stale.textContent =" in body and "innerHTML" not in body
+    assert '"stale: "' in body and '" changed"' in body
