@@ -355,8 +355,12 @@ class OllamaMagics(Lifecycle, JournalCommands, Subcommands, Magics):
         base = 0 if args.new or target.create else store.base_for(cell_id, chat=target.name, rerun=self._rerun)
         system = conv.system if args.system is None else (args.system or None)
         messages = conv.history(base, system=system)
-        sizing = self.sizer.before(conv, base, messages, user, model, options.get("num_ctx"), enabled=self.auto_num_ctx,
-                                   max_num_ctx=self.max_num_ctx, default=self.default_num_ctx)
+        try:  # may load the model to learn its window (window.Sizer): Ctrl-C there sent nothing
+            sizing = self.sizer.before(conv, base, messages, user, model, options.get("num_ctx"), enabled=self.auto_num_ctx,
+                                       max_num_ctx=self.max_num_ctx, default=self.default_num_ctx)
+        except KeyboardInterrupt:
+            raise Interrupted("stopped before the request (while asking the server about the model's window); "
+                              "nothing was sent or stored") from None
         if sizing.num_ctx:
             options["num_ctx"] = sizing.num_ctx
         request = chat.ChatRequest(model, messages + [user], options or None, fmt,

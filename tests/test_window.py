@@ -293,3 +293,16 @@ def test_a_failed_load_falls_back_to_the_assumed_default_and_never_fails_the_tur
     magics_of(nb_shell).models._load_client = lambda: chat.client_for("http://127.0.0.1:9", {}, 1.0)
     assert run(nb_shell, "%%ollama\n" + words(4000, "big")).success
     assert chat_num_ctx(ollama_server) == [8192]  # sized from default_num_ctx, as before
+
+
+def test_ctrl_c_while_learning_the_window_is_one_line_and_sends_nothing(nb_shell, ollama_server):
+    from ollama_magic.errors import Interrupted
+
+    def stopped(model: str) -> int | None:
+        raise KeyboardInterrupt
+
+    magics = magics_of(nb_shell)
+    magics.sizer._learn = stopped  # Ctrl-C arrives during the load request
+    with pytest.raises(Interrupted, match="nothing was sent or stored"):
+        nb_shell.run_cell_magic("ollama", "", words(4000, "big"))
+    assert ollama_server.chat_requests() == [] and not magics.store.active.turns
