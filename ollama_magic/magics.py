@@ -363,7 +363,9 @@ class OllamaMagics(Lifecycle, JournalCommands, Subcommands, Magics):
                               "nothing was sent or stored") from None
         if sizing.num_ctx:
             options["num_ctx"] = sizing.num_ctx
-        request = chat.ChatRequest(model, messages + [user], options or None, fmt,
+        n_history = len(messages)
+        messages.append(user)  # history() gave a fresh list: the request's, so the history is copied once
+        request = chat.ChatRequest(model, messages, options or None, fmt,
                                    think, tools, stream=not args.no_stream, keep_alive=keep_alive)
         client = self.client()
         # The placeholder goes up last, right before the request: from here on
@@ -374,7 +376,7 @@ class OllamaMagics(Lifecycle, JournalCommands, Subcommands, Magics):
             with Feed(store, target.name, user, view, rate=self.display_rate) as sink:  # the panel's live view
                 lead = 1 if system else 0  # the key hashes only what the store has not chained yet
                 exchange, reply = (self.journal.replay(request, sink, fresh=args.fresh or not self.replay,
-                                                       history=lambda: (lead, len(messages) - lead, conv.chain(base)))
+                                                       history=lambda: (lead, n_history - lead, conv.chain(base)))
                                    or chat.converse(client, request, sink, max_tool_rounds=self.max_tool_rounds,
                                                   max_tool_calls=self.max_tool_calls))
         except KeyboardInterrupt:
