@@ -142,3 +142,21 @@ def test_stale_in_a_real_kernel_names_the_cell_and_clears_on_rerun(ollama_server
         assert "{df} changed since" in k.execute("%ollama stale", cell_id="stale").text
         assert k.execute("%%ollama\nSum of {df}?", cell_id="ask").status == "ok"  # rewinds "next" too
         assert k.execute("%ollama stale", cell_id="stale").text.startswith("No stale turns")
+
+
+def test_the_open_panel_marks_the_stale_turn_and_clears_it_on_rerun(nb_shell, ollama_server):
+    """Through the magics: the panel they open checks their namespace with their max_var_chars."""
+    run(nb_shell, "data = [1, 2, 3]")
+    assert run(nb_shell, "%%ollama\nsum of {data}?", cell_id="ask").success
+    panel = nb_shell.run_line_magic("ollama", "history")
+    assert type(panel).__name__ == "HistoryPanel"
+    assert "stale" not in panel.rows()[0]
+    run(nb_shell, "data.append(4)")  # changed in place
+    assert panel.rows()[0]["stale"] == ["data"]  # the rows the panel sends carry the mark
+    assert run(nb_shell, "%%ollama\nanother question", cell_id="other").success
+    sent = [m for m in panel.sent if m.get("kind") == "stale"]
+    assert sent and list(sent[-1]["marks"].values()) == [["data"]]  # the store event told the front end
+    assert run(nb_shell, "%%ollama\nsum of {data}?", cell_id="ask").success  # re-run the cell
+    assert all("stale" not in r for r in panel.rows())
+    assert [m for m in panel.sent if m.get("kind") == "stale"][-1]["marks"] == {}
+    panel.close()
