@@ -288,7 +288,13 @@ class Subcommands:
         if args.last is not None and args.last < 1:
             raise OllamaMagicError(f"--last takes a number of turns of at least 1, not {args.last}")
         if self._is_rich():
-            from .widget import HistoryPanel
+            try:
+                from .widget import HistoryPanel
+            except ImportError as exc:  # e.g. a venv from before the panel needed anywidget
+                need = exc.name or "a dependency"
+                raise OllamaMagicError(f"The history panel needs {need}, which is not installed: "
+                                       "reinstall ollama_magic (pip install -e . in a checkout) and "
+                                       "restart the kernel.") from None
 
             if args.chat:
                 self.store.switch(args.chat)  # the panel shows (and switches) the active chat

@@ -478,3 +478,15 @@ def test_14_panel_export_default_is_not_the_working_folder(tmp_path, monkeypatch
         assert not (tmp_path / "default.md").exists()
     finally:
         panel.close()
+
+
+def test_panel_without_its_dependency_is_one_line(nb_shell, monkeypatch):
+    """A venv from before the panel needed anywidget: one line that says what to do, not a traceback."""
+    import sys
+
+    monkeypatch.delitem(sys.modules, "ollama_magic.widget", raising=False)
+    monkeypatch.setitem(sys.modules, "anywidget", None)  # what an uninstalled package looks like to import
+    before = state(store_of(nb_shell))
+    msg = one_line_usage_error(run(nb_shell, "%ollama history"))
+    assert "anywidget" in msg and "reinstall" in msg, msg
+    assert state(store_of(nb_shell)) == before
