@@ -307,7 +307,8 @@ class Subcommands:
                                  default_model=lambda: self.model or self._auto_model,
                                  context_window=self.context_window,
                                  default_num_ctx=self.default_num_ctx, namespace=self.shell.user_ns,
-                                 page_size=args.last or 20, max_var_chars=lambda: self.max_var_chars)
+                                 page_size=args.last or 20, max_var_chars=lambda: self.max_var_chars,
+                                 events=self.shell.events)
             panel.cell_id = cell
             self.panels.add(panel)  # closed (and unsubscribed) on unload
             return panel

@@ -25,6 +25,14 @@ front end never turns model text into markup itself.
 
 Liveness: the panel subscribes to the store's events (and to its stream of a
 reply in flight); nothing is polled.
+
+Bursts: a loop that commits 1,000 turns in one cell would cost a message per
+event (and a few state updates each), enough for Jupyter Server to hit its
+IOPub rate limit and drop output. So when events come faster than `BURST`,
+the panel stops sending per event and marks itself dirty; when the burst ends
+(the cell's `post_execute`, a timer on the kernel's event loop, or the next
+event after a quiet spell) it sends one bounded update: the header figures
+and a version bump, after which the front end fetches its one page.
 """
 
 from __future__ import annotations
@@ -34,9 +42,11 @@ import binascii
 import copy
 import json
 import keyword
+import asyncio
 import logging
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -62,6 +72,7 @@ _IMAGE_BYTES = 512 * 1024  # larger images are named, not drawn
 _FALLBACK_TURNS = 20  # turns in the static transcript (nbviewer, GitHub)
 _FALLBACK_CHARS = 4000  # characters per message in that transcript
 _STATUS_MAX = 300
+BURST = (10, 0.5)  # more store events than this many in this many seconds is a burst
 
 
 def count(n: int, word: str, plural: str | None = None) -> str:
@@ -234,7 +245,8 @@ class HistoryPanel(anywidget.AnyWidget):
                  default_model: Callable[[], str | None] = lambda: None,
                  context_window: Callable[[str], int | None] = lambda model: None,
                  default_num_ctx: int = 4096, namespace: dict[str, Any] | None = None,
-                 page_size: int = PAGE, max_var_chars: Callable[[], int] = lambda: DEFAULT_MAX_CHARS) -> None:
+                 page_size: int = PAGE, max_var_chars: Callable[[], int] = lambda: DEFAULT_MAX_CHARS,
+                 events: Any = None, burst: tuple[int, float] = BURST) -> None:
         super().__init__()
         self.store = store
         self.namespace = namespace
@@ -251,6 +263,15 @@ class HistoryPanel(anywidget.AnyWidget):
         self._labels: dict[str, list[tuple[object, str]]] = {}
         self._live: dict[str, Any] | None = None  # the reply in flight: chat, parts sent
         self.sent: list[dict[str, Any]] = []  # recent messages (for tests); bounded
+        # Burst coalescing: recent event times, whether the view is behind the store.
+        self._burst = (max(1, int(burst[0])), float(burst[1]))
+        self._recent: deque[float] = deque(maxlen=self._burst[0] + 1)
+        self._dirty = False
+        self._switched = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._events = events  # IPython's shell.events: flush at each cell's end
+        if events is not None:
+            events.register("post_execute", self.flush)
         models: list[str] | None
         try:
             models = list_models()
@@ -347,6 +368,15 @@ class HistoryPanel(anywidget.AnyWidget):
             if stop is not None:
                 stop()
         self._unsubscribe = self._unwatch = None
+        if self._events is not None:
+            try:
+                self._events.unregister("post_execute", self.flush)
+            except ValueError:
+                pass
+            self._events = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         layout = self.layout
         super().close()
         layout.close()
@@ -463,12 +493,80 @@ class HistoryPanel(anywidget.AnyWidget):
             labels.append((top, label))
             del labels[:-depth]
 
+    # -- bursts ------------------------------------------------------------------------
+    @property
+    def dirty(self) -> bool:
+        """True while a burst of store events has not yet been sent."""
+        return self._dirty
+
+    def flush(self, *_args: Any) -> None:
+        """After a burst: one bounded update (header, chat list, a version bump so the front
+        end fetches its page). A no-op when the view is current."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._closed or not self._dirty:
+            return
+        self._dirty = False
+        self._recent.clear()
+        try:
+            if self._switched or self.chat not in self.store:
+                self.chat = self.store.active_name
+                self.status = {}  # what it said was about the other chat
+            self._switched = False
+            self._end_live()
+            with self.hold_sync():  # the state changes go as one update message
+                self._fill()
+                self.version += 1
+                self._post_stale()  # at most one message; the page fetched next carries its marks too
+        except Exception as exc:
+            log.exception("ollama_magic: history panel failed to catch up")
+            self._say(f"panel redrawn after an error: {exc}", error=True)
+
+    def _bursting(self, event: Event) -> bool:
+        """Note `event` while the view is behind; start a burst when events come too fast."""
+        now = time.monotonic()
+        many, seconds = self._burst
+        if self._dirty and self._recent and now - self._recent[-1] > seconds:
+            self.flush()  # a quiet spell ended the burst: catch up, then this event as usual
+        self._recent.append(now)
+        if not self._dirty and len(self._recent) > many and now - self._recent[0] <= seconds:
+            self._dirty = True
+            self._schedule()
+        if not self._dirty:
+            return False
+        kind = event.kind
+        if kind not in ("switched", "chat_created", "chat_removed"):
+            self._note_change(event)  # undo labels: no message
+        if kind == "chat_removed":
+            self._changed.pop(event.chat, None)
+            self._labels.pop(event.chat, None)
+        elif kind == "chat_created":
+            self._changed[event.chat] = time.time()
+        elif kind == "switched":
+            self._switched = True
+        elif kind == "options":
+            self._ctx_cache.clear()
+        if kind in ("turn_added", "turn_replaced", "restored") and event.chat == self.chat:
+            self._end_live()
+        return True
+
+    def _schedule(self) -> None:
+        """A flush on the kernel's event loop, for bursts outside a cell (a button, a comm)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a plain script, a test): post_execute or the next event flushes
+        self._timer = loop.call_later(self._burst[1], self.flush)
+
     # -- store events ----------------------------------------------------------------
     def _on_event(self, event: Event) -> None:
         if self._closed:
             return
         try:
-            self._apply(event)
+            if not self._bursting(event):
+                with self.hold_sync():  # this event's state changes go as one update message
+                    self._apply(event)
         except Exception as exc:  # never leave the view half-updated: fetch afresh
             log.exception("ollama_magic: history panel failed on %s", event)
             self.version += 1

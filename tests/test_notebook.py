@@ -440,6 +440,17 @@ def test_history_panel_in_a_notebook_and_unload_closes_it(nb_shell, ollama_serve
     assert magics.store.listener_count == before + 1
     run(nb_shell, "%%ollama\nagain")
     assert len(panel.rows()) == 2 and panel.total == 2  # the open panel followed the new turn
+    # a cell that commits 300 turns in a loop: the panel goes quiet, then catches up at the cell's end
+    nb_shell.user_ns.update(_store=magics.store, _panel=panel)
+    run(nb_shell, "from ollama_magic.store import Turn, TurnMeta\n"
+                  "for i in range(300):\n"
+                  "    _store.commit(Turn(({'role': 'user', 'content': f'q{i}'},"
+                  " {'role': 'assistant', 'content': f'a{i}'}), TurnMeta()))\n"
+                  "_behind = (_panel.dirty, _panel.total)\n")
+    assert nb_shell.user_ns["_behind"][0] and nb_shell.user_ns["_behind"][1] < 302  # quiet during the loop
+    assert not panel.dirty and panel.total == 302 and panel.header.startswith("302 turns")
+    assert panel.flush in nb_shell.events.callbacks["post_execute"]
     nb_shell.run_line_magic("unload_ext", "ollama_magic")
     assert magics.store.listener_count == 0
+    assert panel.flush not in nb_shell.events.callbacks["post_execute"]  # nothing left registered
     nb_shell.run_line_magic("load_ext", "ollama_magic")

@@ -19,6 +19,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -562,10 +563,11 @@ def test_commit_appends_and_a_rerun_replaces_only_that_turn(panels, wire):
 
 def test_an_open_panel_keeps_only_its_page_as_turns_arrive(panels, wire):
     store = filled(5)
-    panel = open_panel(panels, store, page_size=10)
+    panel = open_panel(panels, store, page_size=10, burst=(1000, 0.5))  # every event sent as it comes
     front = Front(panel, wire)
     for i in range(5, 60):
         store.commit(make_turn(i))
+    assert not panel.dirty and [m["kind"] for m in panel.sent[-3:]] == ["append"] * 3
     assert [r["index"] for r in front.rows] == list(range(50, 60))
     assert wire.opened() == 2
 
@@ -829,12 +831,30 @@ _ops = st.lists(
 )
 
 
+def _mirrors(panel: HistoryPanel, front: Front, store: ConversationStore) -> None:
+    turns = store.active.turns
+    assert panel.chat == store.active_name and panel.total == len(turns)
+    shown = [r["index"] for r in front.rows]
+    if shown:  # a contiguous run of real turns
+        assert shown == list(range(shown[0], shown[0] + len(shown))) and shown[-1] < len(turns)
+    else:
+        assert not turns
+    for r in front.rows:
+        expected = [m["content"] for m in turns[r["index"]].messages]
+        assert contents([r]) == expected
+    assert panel.header.startswith(f"{len(turns):,} turn")
+    assert not panel.status.get("error")  # no error, no emergency redraw
+
+
+# per event: every store event is sent as it comes; bursting: after 3 quick events the panel
+# goes quiet, and what it shows once the burst is flushed (the cell's end) must mirror the store
+@pytest.mark.parametrize("burst", [(1000, 60.0), (3, 60.0)], ids=["per-event", "bursting"])
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-@given(_ops)
-def test_front_end_mirrors_store(wire, ops):
+@given(ops=_ops)
+def test_front_end_mirrors_store(wire, burst, ops):
     store = ConversationStore(model="m")
     store.create("b", switch=False)
-    panel = HistoryPanel(store, page_size=3)
+    panel = HistoryPanel(store, page_size=3, burst=burst)
     front = Front(panel, wire)
     try:
         counter = 0
@@ -858,18 +878,11 @@ def test_front_end_mirrors_store(wire, ops):
                 store.undo()
             elif op == "switch":
                 store.switch(["default", "b"][arg])
-            turns = store.active.turns
-            assert panel.chat == store.active_name and panel.total == len(turns)
-            shown = [r["index"] for r in front.rows]
-            if shown:  # a contiguous run of real turns
-                assert shown == list(range(shown[0], shown[0] + len(shown))) and shown[-1] < len(turns)
-            else:
-                assert not turns
-            for r in front.rows:
-                expected = [m["content"] for m in turns[r["index"]].messages]
-                assert contents([r]) == expected
-            assert panel.header.startswith(f"{len(turns):,} turn")
-            assert not panel.status.get("error")  # no error, no emergency redraw
+            if not panel.dirty:
+                _mirrors(panel, front, store)
+        panel.flush()
+        assert not panel.dirty
+        _mirrors(panel, front, store)
     finally:
         panel.close()
 
@@ -946,3 +959,90 @@ def test_the_stale_mark_is_drawn_as_text(panels):
     body = js[js.index("function setStale"):js.index("function openEditor")]
     assert "row.stale.textContent =" in body and "innerHTML" not in body
     assert '"stale: "' in body and '" changed"' in body
+
+
+# -- bursts: a loop of commits must not flood iopub ------------------------------------------------
+
+def _shell_events() -> Any:
+    from IPython.core.events import EventManager, available_events
+
+    return EventManager(None, available_events)  # type: ignore[arg-type]
+
+
+def _burst_of(n: int, wire: Wire, panels: list[HistoryPanel], **kw: Any) -> tuple[HistoryPanel, Front, int]:
+    """An open panel, then `n` commits in one cell: the messages that cost."""
+    store = ConversationStore(model="llama3.2")
+    events = _shell_events()
+    panel = open_panel(panels, store, events=events, **kw)
+    front = Front(panel, wire)
+    mark = wire.mark()
+    for i in range(n):
+        store.commit(make_turn(i))
+    events.trigger("post_execute")  # the cell ends
+    return panel, front, len(wire.since(mark))
+
+
+def test_a_burst_of_commits_sends_one_bounded_update(panels, wire):
+    panel, front, sent = _burst_of(1000, wire, panels)
+    assert sent <= 30, sent
+    assert not panel.dirty
+    fresh = open_panel(panels, panel.store)
+    assert panel.header == fresh.header and panel.header.startswith("1,000 turns")
+    assert (panel.total, panel.chat, panel.warn) == (fresh.total, fresh.chat, fresh.warn)
+    assert [(c["name"], c["turns"]) for c in panel.chats] == [(c["name"], c["turns"]) for c in fresh.chats]
+    assert panel.undo_label == "the new turn 1000"  # it still names what Undo undoes
+    assert [r["key"] for r in front.rows] == [r["key"] for r in fresh.rows()]  # the last page, as a fresh panel's
+    assert [r["index"] for r in front.rows] == list(range(980, 1000))
+    # without coalescing the same loop costs a few messages per commit
+    _, _, per_event = _burst_of(1000, wire, panels, burst=(10**6, 1.0))
+    assert per_event > 1000, per_event
+
+
+def test_sparse_commits_still_appear_at_once(panels, wire):
+    store = filled(3)
+    panel = open_panel(panels, store, events=_shell_events())
+    front = Front(panel, wire)
+    for i in range(3, 8):  # a few turns: each is sent as it comes, no flush needed
+        store.commit(make_turn(i))
+        assert not panel.dirty and front.rows[-1]["index"] == i and panel.total == i + 1
+
+
+def test_a_quiet_spell_ends_a_burst_without_a_cell_end(panels, wire):
+    store = ConversationStore(model="llama3.2")
+    panel = open_panel(panels, store, burst=(3, 0.3))
+    front = Front(panel, wire)
+    for i in range(10):
+        store.commit(make_turn(i))
+    assert panel.dirty and panel.total < 10
+    time.sleep(0.5)
+    store.commit(make_turn(10))  # the next event after a quiet spell catches up first
+    assert not panel.dirty and panel.total == 11 and [r["index"] for r in front.rows][-1] == 10
+
+
+def test_a_burst_outside_a_cell_is_flushed_by_the_event_loop(panels, wire):
+    import asyncio
+
+    async def main() -> HistoryPanel:
+        store = ConversationStore(model="llama3.2")
+        panel = open_panel(panels, store, burst=(3, 0.2))
+        for i in range(50):
+            store.commit(make_turn(i))
+        assert panel.dirty
+        for _ in range(100):  # the timer fires once the loop gets control back
+            await asyncio.sleep(0.05)
+            if not panel.dirty:
+                break
+        return panel
+
+    panel = asyncio.run(main())
+    assert not panel.dirty and panel.total == 50 and panel.header.startswith("50 turns")
+
+
+def test_close_unregisters_the_cell_end_hook(wire):
+    events = _shell_events()
+    store = filled(2)
+    panel = HistoryPanel(store, events=events)
+    assert panel.flush in events.callbacks["post_execute"]
+    panel.close()
+    assert not events.callbacks["post_execute"]
+    events.trigger("post_execute")  # harmless
