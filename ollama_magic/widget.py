@@ -536,14 +536,8 @@ class HistoryPanel(anywidget.AnyWidget):
         if not self._dirty:
             return False
         kind = event.kind
-        if kind not in ("switched", "chat_created", "chat_removed"):
-            self._note_change(event)  # undo labels: no message
-        if kind == "chat_removed":
-            self._changed.pop(event.chat, None)
-            self._labels.pop(event.chat, None)
-        elif kind == "chat_created":
-            self._changed[event.chat] = time.time()
-        elif kind == "switched":
+        self._keep_books(event)  # no message
+        if kind == "switched":
             self._switched = True
         elif kind == "options":
             self._ctx_cache.clear()
@@ -572,7 +566,8 @@ class HistoryPanel(anywidget.AnyWidget):
             self.version += 1
             self._say(f"panel redrawn after an error: {exc}", error=True)
 
-    def _apply(self, event: Event) -> None:
+    def _keep_books(self, event: Event) -> None:
+        """What the panel remembers of every event, sent or not (undo labels, change times)."""
         kind = event.kind
         if kind not in ("switched", "chat_created", "chat_removed"):
             self._note_change(event)
@@ -581,6 +576,10 @@ class HistoryPanel(anywidget.AnyWidget):
             self._labels.pop(event.chat, None)
         if kind == "chat_created":
             self._changed[event.chat] = time.time()
+
+    def _apply(self, event: Event) -> None:
+        kind = event.kind
+        self._keep_books(event)
         if kind == "switched" or (kind == "chat_removed" and event.chat == self.chat):
             self.chat = self.store.active_name
             self.status = {}  # what it said was about the other chat
