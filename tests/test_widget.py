@@ -1046,3 +1046,20 @@ def test_close_unregisters_the_cell_end_hook(wire):
     panel.close()
     assert not events.callbacks["post_execute"]
     events.trigger("post_execute")  # harmless
+
+
+def test_a_burst_keeps_the_stale_marks(panels, wire):
+    ns: dict[str, Any] = {"df": Counted("rows 1 2 3")}
+    store = ConversationStore(model="llama3.2")
+    events = _shell_events()
+    panel = open_panel(panels, store, namespace=ns, events=events)
+    front = Front(panel, wire)
+    for i in range(25):
+        store.commit(make_turn(i))
+    store.commit(asked_with(25, ns, cell="cell-df"))
+    ns["df"] = Counted("rows 1 2 3 4")
+    store.commit(make_turn(26))
+    assert panel.dirty
+    events.trigger("post_execute")
+    assert [r.get("stale") for r in front.rows[-2:]] == [["df"], None]
+    assert last(panel, "stale")["marks"] == {front.rows[-2]["key"]: ["df"]}
