@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from .bounds import bounded
 from .errors import OllamaMagicError, redact_host
-from .models import same_model
 from .store import Message
 
 if TYPE_CHECKING:  # `import ollama` costs ~300 ms (pydantic models): it waits for the first request
@@ -257,5 +256,3 @@ def installed_models(client: ollama.Client) -> list[str]:
     """Names of the models on the server, as users type them (raises like any request)."""
     return [m.model.removesuffix(":latest") for m in client.list().models if m.model]
 
-
-_same_model = same_model  # the name commands.py imports

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 from IPython.core.error import UsageError
 from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments
 
-from .chat import _same_model
 from .errors import OllamaMagicError, did_you_mean, redact_host
+from .models import same_model
 from .options import check_options
 from .parsing import parse_options, split_args
 from .routing import refuse_near_miss
@@ -201,7 +201,7 @@ class Subcommands:
         if not name.strip() or len(name.split()) != 1:
             raise OllamaMagicError(f"a model name is one word, like llama3.2, not {name!r}")
         installed = self._installed_or_none()
-        if installed is not None and not any(_same_model(name, m) for m in installed):
+        if installed is not None and not any(same_model(name, m) for m in installed):
             hint = did_you_mean(name, installed)
             raise OllamaMagicError(f"Model {name!r} is not installed{hint}. Installed: {', '.join(installed) or 'none'}. Run `ollama pull {name}`.")
         self.store.set_model(name)

@@ -74,7 +74,6 @@ class RecordingPublisher(DisplayPublisher):
                 return m["data"]["text/html"]
         raise AssertionError("no HTML was displayed")
 
-    last_markdown = last_html  # the name older tests use
 
     @property
     def last_plain(self) -> str:

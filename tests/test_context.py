@@ -94,7 +94,7 @@ def test_tool_calls_without_tools_are_never_run(nb_shell, ollama_server):
     assert run(nb_shell, "%%ollama\nhi").success  # `secret` raises if called
     body = ollama_server.last_chat()
     assert not body.get("tools") and len(ollama_server.chat_requests()) == 1
-    assert "secret({}) (not run: no --tools)" in nb_shell.display_pub.last_markdown
+    assert "secret({}) (not run: no --tools)" in nb_shell.display_pub.last_html
     turn = magics_of(nb_shell).store.active.turns[-1]
     assert "tool_calls" not in turn.reply  # the stored history stays valid
     ollama_server.tool_mode = "rogue"

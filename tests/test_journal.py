@@ -200,11 +200,11 @@ def test_replayed_turn_renders_like_a_live_one(nb_shell, ollama_server, db, monk
     nb = tmp_path / "v.ipynb"
     new_kernel(nb_shell, monkeypatch, capsys, nb)
     run(nb_shell, "%%ollama -m qwen3 --think\nthink about *this*", "a")
-    live = nb_shell.display_pub.last_markdown
+    live = nb_shell.display_pub.last_html
     new_kernel(nb_shell, monkeypatch, capsys, nb)
     ollama_server.reset()
     run(nb_shell, "%%ollama -m qwen3 --think\nthink about *this*", "a")
-    replayed = nb_shell.display_pub.last_markdown
+    replayed = nb_shell.display_pub.last_html
     assert ollama_server.chat_requests() == []
     assert "replayed from " in replayed and "--fresh" in replayed
     assert replayed.split("<small>")[0] == live.split("<small>")[0]  # same body, through the same view

@@ -164,7 +164,7 @@ def test_think_is_shown_collapsed_stored_and_not_resent(nb_shell, ollama_server)
     run(nb_shell, "%%ollama -m qwen3 --think\nwhy is the sky blue")
     body = ollama_server.last_chat()
     assert body["think"] is True
-    md = nb_shell.display_pub.last_markdown
+    md = nb_shell.display_pub.last_html
     assert "<details><summary>Thinking</summary>" in md and "Thinking about: why is the sky blue" in md
     turn = store_of(nb_shell).active.turns[-1]
     assert turn.reply["thinking"].startswith("Thinking about")
@@ -418,7 +418,7 @@ def test_overflow_warning_by_the_time_the_server_drops_messages(nb_shell, ollama
     for i in range(30):
         run(nb_shell, "%%ollama\n" + " ".join(["word"] * 20) + f" turn {i}")
         body_len = len(ollama_server.last_chat()["messages"])
-        md = nb_shell.display_pub.last_markdown
+        md = nb_shell.display_pub.last_html
         if warned_at is None and "⚠ context" in md:
             warned_at = i
         reply = magics_of(nb_shell).store.active.turns[-1].reply["content"]
@@ -428,7 +428,7 @@ def test_overflow_warning_by_the_time_the_server_drops_messages(nb_shell, ollama
         if dropped_at is not None:
             break
     assert dropped_at is not None and warned_at is not None and warned_at <= dropped_at
-    assert "num_ctx=" in nb_shell.display_pub.last_markdown
+    assert "num_ctx=" in nb_shell.display_pub.last_html
 
 
 def test_history_panel_in_a_notebook_and_unload_closes_it(nb_shell, ollama_server):

@@ -108,7 +108,7 @@ def test_no_shrank_warning_when_the_request_shrank(nb_shell, ollama_server):
     long_system = " ".join(["rule"] * 200)
     assert run(nb_shell, f"%%ollama --system '{long_system}'\nfirst").success
     assert run(nb_shell, "%%ollama --system short\nsecond").success  # the prompt shrank by itself
-    assert "prompt shrank" not in nb_shell.display_pub.last_markdown
+    assert "prompt shrank" not in nb_shell.display_pub.last_html
 
 
 # -- point 5: options checked ------------------------------------------------------------
@@ -196,7 +196,7 @@ def test_unknown_model_error_offers_pull(shell, ollama_server):
 # -- point 7: footer truth -----------------------------------------------------------------
 def test_length_done_reason_says_cut(nb_shell, ollama_server):
     assert run(nb_shell, "%%ollama -o num_predict=2\nsay a lot").success
-    md = nb_shell.display_pub.last_markdown
+    md = nb_shell.display_pub.last_html
     assert "cut at num_predict / context (num_predict is 2)" in md and "num_predict=N" in md
 
 

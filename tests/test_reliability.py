@@ -237,7 +237,7 @@ def test_interrupt_before_the_request_does_not_leave_a_placeholder(nb_shell, oll
     assert isinstance(res.error_in_exec, KeyboardInterrupt)
     shown = [m for m in nb_shell.display_pub.messages if "data" in m]
     # Either nothing was shown, or the placeholder was replaced by a final word.
-    assert not shown or "interrupted" in nb_shell.display_pub.last_markdown
+    assert not shown or "interrupted" in nb_shell.display_pub.last_html
 
 
 def test_interrupt_at_begin_stores_nothing(shell, ollama_server, monkeypatch, capsys, events):
@@ -310,7 +310,7 @@ def test_interrupt_mid_content_in_a_notebook(nb_shell, ollama_server):
     assert turn.meta.status == "interrupted"
     words = turn.reply["content"].split()
     assert 0 < len(words) < 300
-    final = nb_shell.display_pub.last_markdown
+    final = nb_shell.display_pub.last_html
     assert "interrupted" in final and "▌" not in final
     assert wait_for(lambda: ollama_server.disconnects == 1)
     ollama_server.reset()

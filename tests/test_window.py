@@ -28,7 +28,7 @@ def seen_all(shell: Any, server: Any) -> bool:
 
 def footer(shell: Any) -> str:
     """The last reply's footer line, as text."""
-    return html.unescape(shell.display_pub.last_markdown.rsplit("\n", 1)[-1])
+    return html.unescape(shell.display_pub.last_html.rsplit("\n", 1)[-1])
 
 
 def grow(shell: Any, server: Any, turns: int, size: int = 40) -> list[str]:
