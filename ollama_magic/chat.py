@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from .bounds import bounded
 from .errors import OllamaMagicError, redact_host
-from .store import Message
+from .store import Message, WireMessages
 
 if TYPE_CHECKING:  # `import ollama` costs ~300 ms (pydantic models): it waits for the first request
     import ollama
@@ -83,7 +83,7 @@ class ChatRequest:
     """Everything one `/api/chat` call needs."""
 
     model: str
-    messages: list[Message]
+    messages: list[Message] | WireMessages  # WireMessages: the history not copied
     options: dict[str, Any] | None = None
     format: str | dict[str, Any] | None = None
     think: bool | str | None = None
@@ -198,7 +198,8 @@ def converse(client: ollama.Client, req: ChatRequest, sink: Sink, *,
     while True:
         reply = Reply()
         sink.begin(reply)  # the caller keeps the partial reply if this round fails
-        send(client, dataclasses.replace(req, messages=base + exchange), reply, sink.update)
+        # Without a tool exchange the request is the caller's list as it is: no copy of a long history.
+        send(client, dataclasses.replace(req, messages=base + exchange) if exchange else req, reply, sink.update)
         eval_total += reply.stats.get("eval_count") or 0
         if not (reply.tool_calls and req.tools):
             if exchange:

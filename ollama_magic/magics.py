@@ -354,9 +354,9 @@ class OllamaMagics(Lifecycle, JournalCommands, Subcommands, Magics):
         keep_alive = self.keep_alive if args.keep_alive is None else keep_alive_value(args.keep_alive, "--keep-alive", OllamaMagicError)
         base = 0 if args.new or target.create else store.base_for(cell_id, chat=target.name, rerun=self._rerun)
         system = conv.system if args.system is None else (args.system or None)
-        messages = conv.history(base, system=system)
+        messages = conv.wire(base, system=system)  # the history as a view: nothing copied, however long
         try:  # may load the model to learn its window (window.Sizer): Ctrl-C there sent nothing
-            sizing = self.sizer.before(conv, base, messages, user, model, options.get("num_ctx"), enabled=self.auto_num_ctx,
+            sizing = self.sizer.before(conv, base, system, user, model, options.get("num_ctx"), enabled=self.auto_num_ctx,
                                        max_num_ctx=self.max_num_ctx, default=self.default_num_ctx)
         except KeyboardInterrupt:
             raise Interrupted("stopped before the request (while asking the server about the model's window); "
@@ -364,7 +364,7 @@ class OllamaMagics(Lifecycle, JournalCommands, Subcommands, Magics):
         if sizing.num_ctx:
             options["num_ctx"] = sizing.num_ctx
         n_history = len(messages)
-        messages.append(user)  # history() gave a fresh list: the request's, so the history is copied once
+        messages.append(user)
         request = chat.ChatRequest(model, messages, options or None, fmt,
                                    think, tools, stream=not args.no_stream, keep_alive=keep_alive)
         client = self.client()

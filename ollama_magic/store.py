@@ -26,10 +26,13 @@ undoing an append is O(1) and a snapshot costs O(changed turns) of memory.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import operator
-from array import array
 import time
+import weakref
+from array import array
+from itertools import chain, islice
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -46,6 +49,8 @@ __all__ = [
     "Turn",
     "TurnMeta",
     "TurnsView",
+    "WireMessages",
+    "message_size",
 ]
 
 log = logging.getLogger(__name__)
@@ -141,6 +146,14 @@ class Turn:
                 yield {k: v for k, v in msg.items() if k not in _UNSENT_KEYS}
 
 
+def message_size(msg: Mapping[str, Any]) -> tuple[int, int]:
+    """(characters, images) of one wire message: its text and tool calls as JSON, and its images."""
+    chars = len(str(msg.get("content") or ""))
+    if msg.get("tool_calls"):
+        chars += len(json.dumps(msg["tool_calls"], default=str))
+    return chars, len(msg.get("images") or ())
+
+
 class TurnsView(Sequence[Turn]):
     """A chat's turns, read-only: every change goes through the store, which
     keeps the conversation's index in step (compares equal to a list of turns)."""
@@ -181,6 +194,76 @@ class TurnsView(Sequence[Turn]):
         return repr(self._list)
 
 
+class WireMessages(Sequence[Message]):
+    """A request's messages without copying a long history.
+
+    A system prompt, the first `end` of a chat's stored wire messages (the
+    chat's own list, shared) and the messages after them (`append`). The
+    chat copies the shared prefix into the view before it removes any of it
+    (`Conversation._splice`), so a view reads what it was made with for as
+    long as it lives. The client iterates it in C (`itertools.chain`).
+    """
+
+    __slots__ = ("_head", "_sent", "_end", "_tail", "_owner", "__weakref__")
+
+    def __init__(self, head: list[Message], sent: list[Message], end: int, tail: list[Message] | None = None,
+                 owner: Conversation | None = None) -> None:
+        self._head, self._sent, self._end = head, sent, end
+        self._tail: list[Message] = [] if tail is None else tail
+        self._owner = owner
+        if owner is not None:
+            owner._lent[id(self)] = self
+
+    def __len__(self) -> int:
+        return len(self._head) + self._end + len(self._tail)
+
+    def __iter__(self) -> Iterator[Message]:
+        return chain(self._head, islice(self._sent, self._end), self._tail)
+
+    @overload
+    def __getitem__(self, index: int) -> Message: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Message]: ...
+
+    def __getitem__(self, index: int | slice) -> Message | list[Message]:
+        h, n = len(self._head), len(self)
+        if isinstance(index, slice):
+            lo, hi, step = index.indices(n)
+            if step != 1:
+                return [self[i] for i in range(lo, hi, step)]
+            hi = max(lo, hi)  # each part cut in C: a slice costs what it holds
+            return (self._head[lo:hi] + self._sent[max(lo - h, 0):max(min(hi - h, self._end), 0)]
+                    + self._tail[max(lo - h - self._end, 0):max(hi - h - self._end, 0)])
+        i = index + n if index < 0 else index
+        if not 0 <= i < n:
+            raise IndexError("message index out of range")
+        if i < h:
+            return self._head[i]
+        return self._sent[i - h] if i - h < self._end else self._tail[i - h - self._end]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (WireMessages, list, tuple)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __add__(self, other: Iterable[Message]) -> WireMessages:
+        return WireMessages(self._head, self._sent, self._end, self._tail + list(other), self._owner)
+
+    def __repr__(self) -> str:
+        return f"WireMessages({list(self)!r})"
+
+    def append(self, msg: Message) -> None:
+        self._tail.append(msg)
+
+    def _own(self, upto: int) -> None:
+        """Copy the shared prefix if the lender is about to remove messages below `end`."""
+        if upto < self._end:
+            self._sent, self._owner = self._sent[:self._end], None
+
+
 class Conversation:
     """A named chat: system prompt, model, default options and turns.
 
@@ -189,7 +272,7 @@ class Conversation:
     """
 
     __slots__ = ("name", "model", "system", "options", "_turns", "_view", "_cells", "_prev", "_sent",
-                 "_ends", "_maxp", "_ctx", "_edited", "_generated", "_with_vars", "_chain")
+                 "_ends", "_maxp", "_ctx", "_chars", "_images", "_edited", "_generated", "_with_vars", "_chain", "_lent", "__weakref__")
 
     def __init__(self, name: str, model: str | None = None, system: str | None = None,
                  options: dict[str, Any] | None = None, turns: Iterable[Turn] = ()) -> None:
@@ -206,12 +289,16 @@ class Conversation:
         self._ends = array("q")  # _ends[i]: where turn i's messages end in _sent
         self._maxp = array("q")  # _maxp[i]: largest prompt_eval_count of turns[:i+1]
         self._ctx = array("q")  # _ctx[i]: context_tokens after turns[:i+1]
+        self._chars = array("q")  # _chars[i]: characters the model reads in the wire messages of turns[:i+1]
+        self._images = array("q")  # _images[i]: images in the wire messages of turns[:i+1]
         self._edited = 0  # how many turns are edited
         self._generated = 0  # eval_count summed over the turns
         self._with_vars = array("q")  # positions of turns whose prompt used {variables}, ascending
         # _chain[32*i:32*i+32]: digest.chain of the wire messages of turns[:i+1]; filled on demand
         # (only the journal asks), cut wherever turns are spliced.
         self._chain = bytearray()
+        # Requests reading _sent in place (by id: a view, like a list, is unhashable).
+        self._lent: weakref.WeakValueDictionary[int, WireMessages] = weakref.WeakValueDictionary()
         self._splice(0, turns)
 
     def __repr__(self) -> str:
@@ -248,8 +335,13 @@ class Conversation:
             self._edited -= meta.edited
             self._generated -= meta.eval_count or 0
         del turns[start:]
-        del self._sent[self._ends[start - 1] if start else 0:]
+        lo = self._ends[start - 1] if start else 0
+        if self._lent and lo < len(self._sent):
+            for view in list(self._lent.values()):
+                view._own(lo)
+        del self._sent[lo:]
         del self._ends[start:], self._maxp[start:], self._ctx[start:], prev[start:]
+        del self._chars[start:], self._images[start:]
         del self._chain[32 * start:]
         with_vars = self._with_vars
         while with_vars and with_vars[-1] >= start:
@@ -267,8 +359,15 @@ class Conversation:
             self._cells[cid] = i
         else:
             self._prev.append(-1)
+        lo = len(self._sent)
         self._sent.extend(turn.sent())
         self._ends.append(len(self._sent))
+        chars = images = 0
+        for msg in self._sent[lo:]:
+            c, im = message_size(msg)
+            chars, images = chars + c, images + im
+        self._chars.append(min(chars + (self._chars[-1] if i else 0), _BIG))
+        self._images.append(min(images + (self._images[-1] if i else 0), _BIG))
         prompt = meta.prompt_eval_count
         if prompt is None:
             self._maxp.append(self._maxp[-1] if i else 0)
@@ -287,6 +386,7 @@ class Conversation:
         self._cells = dict(other._cells)
         self._prev, self._ends = array("q", other._prev), array("q", other._ends)
         self._maxp, self._ctx = array("q", other._maxp), array("q", other._ctx)
+        self._chars, self._images = array("q", other._chars), array("q", other._images)
         self._sent = list(other._sent)
         self._edited, self._generated = other._edited, other._generated
         self._with_vars = array("q", other._with_vars)
@@ -304,13 +404,30 @@ class Conversation:
 
         `system` overrides the chat's system prompt for this request.
         """
-        msgs: list[Message] = []
+        k = slice(None, upto).indices(len(self._turns))[1]
+        msgs = self._sent[:self._ends[k - 1]] if k > 0 else []  # one copy, made in C
         prompt = self.system if isinstance(system, _Keep) else system
         if prompt:
-            msgs.append({"role": "system", "content": prompt})
-        k = slice(None, upto).indices(len(self._turns))[1]
-        msgs += self._sent[:self._ends[k - 1]] if k > 0 else ()
+            msgs.insert(0, {"role": "system", "content": prompt})  # a move of pointers, not a second copy
         return msgs
+
+    def wire(self, upto: int | None = None, *, system: str | None | _Keep = KEEP) -> WireMessages:
+        """`history(upto, system=system)` as a view: O(1) however long the chat (what a request sends)."""
+        k = slice(None, upto).indices(len(self._turns))[1]
+        prompt = self.system if isinstance(system, _Keep) else system
+        head: list[Message] = [{"role": "system", "content": prompt}] if prompt else []
+        return WireMessages(head, self._sent, self._ends[k - 1] if k > 0 else 0, owner=self)
+
+    def size(self, upto: int | None = None) -> tuple[int, int, int]:
+        """(characters, messages, images) of `history(upto)` without a system prompt, in O(1).
+
+        What the context-window estimate needs (`message_size` per message),
+        kept as prefix sums so a long chat is sized without reading it.
+        """
+        k = slice(None, upto).indices(len(self._turns))[1]
+        if k == 0:
+            return 0, 0, 0
+        return self._chars[k - 1], self._ends[k - 1], self._images[k - 1]
 
     def chain(self, upto: int) -> bytes:
         """`digest.chain(SEED, history(upto))` without a system prompt, in O(turns added since asked).

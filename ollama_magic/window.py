@@ -16,13 +16,14 @@ Plain functions over numbers and messages: no client, no IPython.
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["IMAGE_TOKENS", "Plan", "Sizer", "after_notes", "calibration", "estimate", "estimate_tail", "plan", "ways_out"]
+from .store import message_size
+
+__all__ = ["IMAGE_TOKENS", "Plan", "Sizer", "after_notes", "calibration", "estimate", "estimate_history", "estimate_size", "plan", "ways_out"]
 
 CHARS_PER_TOKEN = 4.0  # a usual rate for English text with BPE tokenizers
 MESSAGE_TOKENS = 4  # role and template tokens around each message
@@ -32,31 +33,26 @@ FILL = 0.75  # a grown window holds the prompt at most this full: room for the r
 FAR = 0.25  # a prompt under this share of the smallest plausible window needs no lookup at all
 
 
-def _cost(msg: Mapping[str, Any]) -> float:
-    chars = len(str(msg.get("content") or ""))
-    if msg.get("tool_calls"):
-        chars += len(json.dumps(msg["tool_calls"], default=str))
-    return chars / CHARS_PER_TOKEN + MESSAGE_TOKENS + IMAGE_TOKENS * len(msg.get("images") or ())
+def estimate_size(chars: int, messages: int, images: int) -> float:
+    """Tokens of messages with these totals (see `store.message_size`)."""
+    return chars / CHARS_PER_TOKEN + MESSAGE_TOKENS * messages + IMAGE_TOKENS * images
 
 
 def estimate(messages: Iterable[Mapping[str, Any]]) -> float:
     """Tokens these messages cost, by length (the server's tokenizer is not at hand)."""
-    return sum(map(_cost, messages))
+    chars = images = count = 0
+    for msg in messages:
+        c, im = message_size(msg)
+        chars, images, count = chars + c, images + im, count + 1
+    return estimate_size(chars, count, images)
 
 
-def estimate_tail(messages: Sequence[Mapping[str, Any]], enough: float) -> tuple[float, bool]:
-    """`estimate(messages)`, counted from the newest and stopped once past `enough`.
-
-    Returns the estimate and whether it is complete. Nothing beyond `enough`
-    changes a decision (no window is larger), so a 100,000-turn chat costs as
-    much as the few hundred messages that fill the largest window.
-    """
-    total = 0.0
-    for i in range(len(messages) - 1, -1, -1):
-        total += _cost(messages[i])
-        if total > enough:
-            return total, i == 0
-    return total, True
+def estimate_history(conv: Any, upto: int, system: str | None) -> float:
+    """`estimate(conv.history(upto, system=system))` in O(1), from the store's prefix sums."""
+    chars, count, images = conv.size(upto)
+    if system:
+        chars, count = chars + len(system), count + 1
+    return estimate_size(chars, count, images)
 
 
 def calibration(known_tokens: int | None, estimated: float) -> float | None:
@@ -199,9 +195,9 @@ class Sizer:
             self._seen[model] = window
         return window or None
 
-    def before(self, conv: Any, base: int, messages: Sequence[Mapping[str, Any]], user: Mapping[str, Any],
+    def before(self, conv: Any, base: int, system: str | None, user: Mapping[str, Any],
                model: str, explicit: Any, *, enabled: bool, max_num_ctx: int, default: int) -> Plan:
-        """Plan the window for a request of `messages` (the history) + `user`."""
+        """Plan the window for a request of `conv.history(base, system=system)` + `user`."""
         user_ctx = explicit if isinstance(explicit, int) and not isinstance(explicit, bool) and explicit > 0 else None
         auto = self.auto.get(conv.name) if enabled and user_ctx is None else None
         new = estimate([user])
@@ -214,37 +210,34 @@ class Sizer:
             return Plan(0, prompt=int(known + new), sent=known + new, calibrated=True, can_grow=enabled)
         if not known and user_ctx is None and auto is None:
             # No count yet (a new chat, an edited history): the same test on the estimate,
-            # counted only up to the bound, so the first turn of a chat asks nothing either.
-            history, _ = estimate_tail(messages, FAR * smallest)
+            # so the first turn of a chat asks nothing either.
+            history = estimate_history(conv, base, system)
             if history + new < FAR * smallest:
                 return Plan(0, prompt=int(history + new), sent=history + new, can_grow=enabled)
         # What the server runs with no num_ctx sent: asked only when it matters.
         known_window = user_ctx or auto or self._known(model)
         window = known_window or default
         trained = self._trained_of(model) if (user_ctx or enabled) else None
-        out = self._plan(known, new, messages, window, user_ctx, auto, trained, max_num_ctx, enabled)
+        out = self._plan(known, new, conv, base, system, window, user_ctx, auto, trained, max_num_ctx, enabled)
         if enabled and not known_window and out.num_ctx:
             # Sized from an assumed default: learn the server's real window first,
             # so the request never carries a num_ctx below what it would use.
             learned = self._learn(model)
             if learned:
                 self._seen[model] = learned
-                out = self._plan(known, new, messages, learned, user_ctx, auto, trained, max_num_ctx, enabled)
+                out = self._plan(known, new, conv, base, system, learned, user_ctx, auto, trained, max_num_ctx, enabled)
         if out.raised and out.num_ctx:
             self.auto[conv.name] = out.num_ctx
         return out
 
     @staticmethod
-    def _plan(known: int, new: float, messages: Sequence[Mapping[str, Any]], window: int, user_ctx: int | None,
-              auto: int | None, trained: int | None, max_num_ctx: int, enabled: bool) -> Plan:
+    def _plan(known: int, new: float, conv: Any, base: int, system: str | None, window: int,
+              user_ctx: int | None, auto: int | None, trained: int | None, max_num_ctx: int, enabled: bool) -> Plan:
         if known and known + new < FAR * window:
             sent, rate = known + new, 1.0
         else:
-            # Past twice the largest window we could ask for, the exact size does not matter.
-            largest = min((c for c in (trained, max_num_ctx) if c), default=window)
-            enough = 2 * max(window, largest)
-            history, complete = estimate_tail(messages, enough)
-            rate = (calibration(known, history) if complete else None) or 1.0
+            history = estimate_history(conv, base, system)
+            rate = calibration(known, history) or 1.0
             sent = (history + new) * rate
         prompt = max(known + new * rate, sent)
         out = plan(prompt=prompt, window=window, explicit=user_ctx, auto=auto, trained=trained,

@@ -35,7 +35,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from IPython.core.error import UsageError
 
 from conftest import magics_of, run
-from ollama_magic import digest, persist
+from ollama_magic import digest, persist, window
 from ollama_magic.routing import target_chat
 from ollama_magic.store import Conversation, ConversationStore, Event, StoreError, Turn, TurnMeta
 
@@ -92,6 +92,11 @@ def check_index(conv: Conversation) -> None:
     n = len(conv.turns)
     for k in sorted({n // 2, n, max(n - 1, 0)}):
         assert conv.chain(k) == digest.chain(digest.SEED, conv.history(k, system=None)), k
+        # The request view and the O(1) size figures are those of the history too.
+        for system in (None, "sys prompt"):
+            hist = conv.history(k, system=system)
+            assert conv.wire(k, system=system) == hist and list(conv.wire(k, system=system)) == hist, k
+            assert window.estimate_history(conv, k, system) == window.estimate(hist), k
 
 
 class StoreMachine(RuleBasedStateMachine):
@@ -107,6 +112,8 @@ class StoreMachine(RuleBasedStateMachine):
         self.counter = 0
         self.dir = Path(tempfile.mkdtemp(prefix="ollama-magic-sm-"))
         self.files: list[tuple[Path, str]] = []  # saved files and their dump
+        # Requests in flight: a view of a chat's history and the history it was made from.
+        self.views: deque[tuple[Any, list[dict[str, Any]]]] = deque(maxlen=4)
 
     def teardown(self) -> None:
         for path in self.dir.iterdir():
@@ -404,10 +411,26 @@ class StoreMachine(RuleBasedStateMachine):
         for name in set(before) - {c["name"] for c in saved["chats"]}:
             assert self.states()[name] == before[name]
 
+    @rule(data=st.data(), extra=st.booleans())
+    def make_request(self, data: st.DataObject, extra: bool) -> None:
+        """A request's view of the history, kept while other rules change the chat."""
+        conv = self.store.get(self.chat(data))
+        k = data.draw(st.integers(0, len(conv.turns)))
+        view = conv.wire(k)
+        hist = conv.history(k)
+        if extra:  # the tool loop's `base + exchange`
+            view = view + [{"role": "tool", "content": "t"}]
+            hist = [*hist, {"role": "tool", "content": "t"}]
+        self.views.append((view, hist))
+
     # -- invariants ------------------------------------------------------------
     @invariant()
     def consistent(self) -> None:
         check_invariants(self.store)
+        for view, hist in self.views:  # a request reads what it was made with, whatever happened since
+            assert list(view) == hist and len(view) == len(hist)
+            assert [view[i] for i in range(-len(hist), len(hist))] == hist + hist
+            assert view[1:-1] == hist[1:-1] and view[::2] == hist[::2]
         for name in self.store.names:
             assert self.store.undo_depth(name) == len(self.undo.get(name, ())), name
 

@@ -169,18 +169,30 @@ def test_fork_from_a_later_turn_is_a_way_out(shell, ollama_server, capsys):
     assert "--from must be between" in str(res.error_in_exec)
 
 
-def test_estimate_of_a_huge_history_stops_once_past_any_window():
-    class Counted(list):
-        reads = 0
+def test_the_estimate_of_a_long_chat_reads_no_message():
+    """Sizing a 100,000-turn chat costs what a 1-turn chat does: the store keeps prefix sums."""
+    from ollama_magic.store import Conversation, Turn, TurnMeta
 
-        def __getitem__(self, i):
-            Counted.reads += 1
-            return super().__getitem__(i)
+    calls = [{"function": {"name": "f", "arguments": {"x": 1}}}]
+    turns = [Turn(({"role": "user", "content": "x" * 400, "images": ["aGk="]},
+                   {"role": "assistant", "content": "", "tool_calls": calls},
+                   {"role": "tool", "content": "1"},
+                   {"role": "assistant", "content": "done", "thinking": "not sent, not counted"}),
+                  TurnMeta(cell_id=f"c{i}")) for i in range(100_000)]
+    conv = Conversation("c", turns=turns)
+    small = Conversation("s", turns=turns[:3])
+    assert window.estimate_history(small, 3, "be brief") == pytest.approx(
+        window.estimate(small.history(3, system="be brief")))
+    assert window.estimate_history(conv, 60_000, None) == pytest.approx(window.estimate(conv.history(60_000)))
+    one = window.estimate(turns[0].sent())
+    assert one == pytest.approx(100 + 4 * window.MESSAGE_TOKENS + 768 + (len('[{"function": {"name": "f", '
+                                                                            '"arguments": {"x": 1}}}]') + 5) / 4)
+    # O(1): timed against the 3-turn chat in the same run, with a wide margin (no message is read).
+    import timeit
 
-    msgs = Counted({"role": "user", "content": "x" * 400} for _ in range(200_000))  # ~104 tokens each
-    total, complete = window.estimate_tail(msgs, 65_536)
-    assert total > 65_536 and not complete and Counted.reads < 700
-    assert window.estimate_tail(msgs[:10], 65_536) == (pytest.approx(window.estimate(msgs[:10])), True)
+    big = min(timeit.repeat(lambda: window.estimate_history(conv, 100_000, "s"), number=200, repeat=5))
+    tiny = min(timeit.repeat(lambda: window.estimate_history(small, 3, "s"), number=200, repeat=5))
+    assert big < 20 * tiny + 1e-3
 
 
 def test_the_test_server_cuts_long_prompts_like_ollama_in_linear_time(ollama_server, monkeypatch):
