@@ -226,8 +226,8 @@ def _dumps(value: Any) -> str:
         return json.dumps(value, ensure_ascii=True, separators=(",", ":"), default=str)
 
 
-def _text_of(turn: Turn) -> str:
-    body = "\n".join(str(m.get("content") or "") for m in turn.messages)
+def _text_of(messages: Iterable[Message]) -> str:
+    body = "\n".join(str(m.get("content") or "") for m in messages)
     return body.encode("utf-8", "replace").decode("utf-8")
 
 
@@ -608,8 +608,6 @@ class Journal:
             "VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?)",
             (cid, pos, _dumps(list(turn.messages)), _dumps(meta), turn.meta.status, request, kernel, origin),
         ).lastrowid or 0)
-        if self._fts:
-            conn.execute("INSERT INTO turn_text (rowid, body) VALUES (?, ?)", (rowid, _text_of(turn)))
         return _Row(turn, rowid, request, kernel, origin)
 
     def _request_of(self, turn: Turn, replaced: _Row | None) -> str | None:
@@ -843,7 +841,7 @@ class Journal:
                 "JOIN sessions s ON s.id = c.session ")
         if not text:
             rows = conn.execute(head + "ORDER BY t.id DESC LIMIT ?", (limit,)).fetchall()
-        elif self._fts:
+        elif self._fts and self._index_text(conn):
             phrase = '"' + text.replace('"', '""') + '"'
             rows = conn.execute(head + "WHERE t.id IN (SELECT rowid FROM turn_text WHERE turn_text MATCH ?) "
                                 "ORDER BY t.id DESC LIMIT ?", (phrase, limit)).fetchall()
@@ -853,6 +851,26 @@ class Journal:
                                 (pattern, limit)).fetchall()
         return [(o, k, c, bool(live), json.loads(m)) for o, k, c, live, m in rows]
 
+    def _index_text(self, conn: sqlite3.Connection) -> bool:
+        """Bring the full-text index up to the turns; False if it cannot be written (search with LIKE).
+
+        Filled here, when a search needs it, not per commit: an FTS5 insert
+        writes a new index segment with every transaction, which was most of a
+        commit's cost. Turn ids only grow, so the rows past the index's
+        largest rowid are exactly the ones it lacks.
+        """
+        import sqlite3
+
+        try:
+            with _immediate(conn):
+                last = conn.execute("SELECT coalesce(max(rowid), 0) FROM turn_text").fetchone()[0]
+                rows = conn.execute("SELECT id, messages FROM turns WHERE id > ? ORDER BY id", (last,)).fetchall()
+                conn.executemany("INSERT INTO turn_text (rowid, body) VALUES (?, ?)",
+                                 ((rowid, _text_of(json.loads(m))) for rowid, m in rows))
+        except sqlite3.Error:  # read-only or locked: the search still works, by LIKE
+            return False
+        return True
+
     def forget(self) -> int:
         """Delete this notebook's journal and stop journaling it; returns the turns deleted."""
         if self._paused:
@@ -860,6 +878,8 @@ class Journal:
         conn = self._open(write=False)
         gone = _Forgotten((), [], [], [])
         if conn is not None:
+            if self._fts:  # every turn indexed first, so --undo brings the whole index back
+                self._index_text(conn)
             conn.execute("PRAGMA secure_delete = ON")  # freed pages are zeroed, not just unlinked
             try:
                 with _immediate(conn):
@@ -908,7 +928,7 @@ class Journal:
                 for table, rows in (("sessions", [gone.session]), ("chats", gone.chats), ("turns", gone.turns)):
                     for row in rows:
                         conn.execute(f"INSERT INTO {table} VALUES ({', '.join('?' * len(row))})", row)
-                if self._fts:
+                if self._fts:  # only the turns the index held: the rest are indexed when searched
                     conn.executemany("INSERT INTO turn_text (rowid, body) VALUES (?, ?)", gone.texts)
             self._seq = gone.session[4]  # column 4: seq
         self._forgotten, self._paused, self._dirty = None, False, True

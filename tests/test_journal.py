@@ -653,8 +653,34 @@ def test_journal_rows_are_append_only_per_turn(tmp_path):
     writes = [s for s in statements if s.split()[0].upper() in ("INSERT", "UPDATE", "DELETE")]
     assert len([s for s in writes if s.startswith("INSERT INTO turns")]) == 1
     assert all(not s.startswith("UPDATE turns") for s in writes)
+    assert not [s for s in writes if "turn_text" in s]  # the search index is filled when searched
     rows = json.loads(conn.execute("SELECT messages FROM turns ORDER BY id DESC LIMIT 1").fetchone()[0])
     assert rows[0]["content"] == "one more"
+    # A search indexes what is new since the last one, and finds it.
+    assert [m[0]["content"] for *_, m in journal.search("more")] == ["one more"]
+    store.commit(Turn.of({"role": "user", "content": "and more still"}, {"role": "assistant", "content": "c"}))
+    assert [m[0]["content"] for *_, m in journal.search("more")] == ["and more still", "one more"]
+    assert conn.execute("SELECT count(*) FROM turn_text").fetchone()[0] == 52
+
+
+def test_log_finds_turns_brought_back_by_forget_undo(shell, ollama_server, db, monkeypatch, capsys, tmp_path):
+    """forget indexes every turn before it deletes, so --undo brings their words back to the search
+    even when another notebook's search moved the index past their row ids meanwhile."""
+    new_kernel(shell, monkeypatch, capsys, tmp_path / "n.ipynb")
+    run(shell, "%%ollama\nTell me about okapis", "a")  # not searched yet: not in the index
+    assert magics_of(shell).journal._fts
+    shell.run_line_magic("ollama", "forget")
+    other = Journal(db, str(tmp_path / "other.ipynb"), notebook=True)
+    other_store = ConversationStore()
+    other.attach(other_store)
+    other_store.commit(Turn.of({"role": "user", "content": "unrelated"}, {"role": "assistant", "content": "b"}))
+    assert len(other.search("unrelated")) == 1 and not other.search("okapis")
+    shell.run_line_magic("ollama", "forget --undo")
+    capsys.readouterr()
+    shell.run_line_magic("ollama", "log okapis")
+    out = capsys.readouterr().out
+    assert "okapis" in out and str(tmp_path / "n.ipynb") in out
+    other.close()
 
 
 def test_a_replayed_tool_turn_runs_no_tool(shell, ollama_server, db, monkeypatch, capsys, tmp_path):
