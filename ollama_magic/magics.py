@@ -497,13 +497,10 @@ class OllamaMagics(Lifecycle, JournalCommands, Subcommands, Magics):
     def _rerun(self) -> Rerun:
         return "append" if self.rerun == "append" else "rewind"
 
-    def context_window(self, model: str, client: Client | None = None) -> int | None:
-        """The window the server runs `model` with when no num_ctx is sent, if it says:
-        /api/ps `context_length` once loaded, else a Modelfile num_ctx (models.py)."""
-        if (loaded := self.models.loaded_window(model)) is not None:
-            return loaded
-        facts = self.models.facts(model)
-        return (facts.num_ctx if facts is not None else None) or self.models.learned(model)
+    def context_window(self, model: str) -> int | None:
+        """The window the server runs `model` with when no num_ctx is sent, if it says (`ModelInfo.server_window`)."""
+        window = self.models.server_window(model)
+        return window.size if window is not None else None
 
     def trained_length(self, model: str) -> int | None:
         """The model's trained context length (`model_info.*.context_length`)."""

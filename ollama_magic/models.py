@@ -11,10 +11,15 @@ API (the context-window code in `context.py` builds on it):
   could not be asked; `Facts.found` False for a model it does not have.
 - `ModelInfo.loaded_window(model) -> int | None`: `/api/ps` `context_length`
   of the loaded model (Ollama >= 0.5.2), None when it is not loaded.
+- `ModelInfo.server_window(model) -> Window | None`: the window the server
+  runs `model` with when no num_ctx is sent, if it says: `/api/ps` once
+  loaded (or as `learn_window` found it), else a Modelfile `num_ctx`
+  (`parameters`) clamped to the trained length; None when unknown. The one
+  order: the context-window sizing, the panel and `window` all use it.
 - `ModelInfo.window(model, options, default) -> Window`: the effective
   `num_ctx` (issue #13 point 4): an explicit option, clamped to the trained
-  length with a note (server/sched.go effectiveContext); else `/api/ps` once
-  loaded; else `parameters`; else `default` (the server's default, e.g.
+  length with a note (server/sched.go effectiveContext); else
+  `server_window`; else `default` (the server's default, e.g.
   `OllamaMagics.default_num_ctx`, standing for OLLAMA_CONTEXT_LENGTH).
 - `ModelInfo.learn_window(model) -> int | None`: the window
   the server gives `model` when no num_ctx is sent, learned by loading it
@@ -192,6 +197,16 @@ class ModelInfo:
             self._learned[(self._host(), model)] = (time.monotonic(), size)
         return size
 
+    def server_window(self, model: str) -> Window | None:
+        """The window the server runs `model` with when no num_ctx is sent, if it says (None: unknown)."""
+        if (loaded := self.loaded_window(model) or self.learned(model)) is not None:
+            return Window(loaded, "loaded")
+        facts = self.facts(model)
+        if facts is not None and facts.num_ctx:
+            # Ollama clamps any num_ctx to the trained length (sched.go effectiveContext).
+            return Window(min(facts.num_ctx, facts.trained) if facts.trained else facts.num_ctx, "parameters")
+        return None
+
     def window(self, model: str, options: Mapping[str, Any], default: int) -> Window:
         wanted = options.get("num_ctx")
         facts = self.facts(model)
@@ -201,12 +216,8 @@ class ModelInfo:
                 return Window(trained, "option", f"num_ctx {int(wanted)} is more than {model} was trained on; "
                                                   f"Ollama uses {trained}")
             return Window(int(wanted), "option")
-        if (loaded := self.loaded_window(model) or self.learned(model)) is not None:
-            return Window(loaded, "loaded")
-        # Ollama clamps any num_ctx, its default included, to the trained length (sched.go effectiveContext).
-        if facts is not None and facts.num_ctx:
-            return Window(min(facts.num_ctx, trained) if trained else facts.num_ctx, "parameters")
-        return Window(min(default, trained) if trained else default, "default")
+        # The server's default is clamped to the trained length too.
+        return self.server_window(model) or Window(min(default, trained) if trained else default, "default")
 
     def having(self, capability: str, names: Iterable[str]) -> list[str]:
         out = []

@@ -318,3 +318,30 @@ def test_ctrl_c_while_learning_the_window_is_one_line_and_sends_nothing(nb_shell
     with pytest.raises(Interrupted, match="nothing was sent or stored"):
         nb_shell.run_cell_magic("ollama", "", words(4000, "big"))
     assert ollama_server.chat_requests() == [] and not magics.store.active.turns
+
+
+def test_one_order_for_the_servers_window_sizing_panel_and_show_agree(shell, ollama_server, capsys):
+    # models.ModelInfo.server_window: /api/ps once loaded (or as learned by loading), else a Modelfile
+    # num_ctx clamped to the trained length (Ollama clamps it, sched.go), else unknown.
+    m = magics_of(shell)
+    models = m.models
+    assert models.server_window("tinyllama") is None and m.context_window("tinyllama") is None
+    assert models.window("tinyllama", {}, 4096) == window_of(2048, "default")  # the default, clamped too
+    ollama_server.num_ctx = 8192  # PARAMETER num_ctx 8192 on a model trained on 2,048
+    models.forget()
+    assert models.server_window("tinyllama") == window_of(2048, "parameters")
+    assert m.context_window("tinyllama") == 2048  # what the sizer and the panel read: the same number
+    assert models.window("tinyllama", {}, 4096) == window_of(2048, "parameters")
+    assert models.server_window("llama3.2") == window_of(8192, "parameters")
+    assert models.learn_window("llama3.2") == 8192  # loaded now: /api/ps says it, first
+    assert models.server_window("llama3.2") == window_of(8192, "loaded") == models.window("llama3.2", {}, 4096)
+    assert models.window("llama3.2", {"num_ctx": 16384}, 4096) == window_of(16384, "option")  # yours wins
+    capsys.readouterr()
+    assert run(shell, "%ollama show tinyllama").success
+    assert "window now     2048 (the model's num_ctx parameter)" in capsys.readouterr().out
+
+
+def window_of(size: int, source: str) -> Any:
+    from ollama_magic.models import Window
+
+    return Window(size, source)
