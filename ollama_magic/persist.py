@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .bounds import _FILE_DEPTH, depth_exceeds
 from .parsing import NotFinite, loads_finite
-from .store import _META_FIELDS, Conversation, ConversationStore, Message, Turn, TurnMeta, _meta_values
+from .store import _META_FIELDS, Conversation, ConversationStore, Message, Turn, TurnMeta, meta_of
 
 __all__ = ["FORMAT_VERSION", "MAX_LOAD_BYTES", "FileError", "export_markdown", "load", "save"]
 
@@ -120,7 +120,6 @@ def dump(store: ConversationStore) -> dict[str, Any]:
     """The store as the save file's JSON object (secrets are never in the store).
 
     It shares the store's message dicts (read-only use: encoding)."""
-    fields, values = _META_FIELDS, _meta_values
     chats = []
     for conv in store:
         chats.append({
@@ -128,7 +127,7 @@ def dump(store: ConversationStore) -> dict[str, Any]:
             "model": conv.model,
             "system": conv.system,
             "options": conv.options,
-            "turns": [{"messages": _messages_out(t.messages), "meta": dict(zip(fields, values(t.meta)))}
+            "turns": [{"messages": _messages_out(t.messages), "meta": t.meta.to_dict()}
                       for t in conv.turns],
         })
     return {"format": "ollama_magic", "version": FORMAT_VERSION, "active": store.active_name, "chats": chats}
@@ -143,9 +142,13 @@ def save(store: ConversationStore, path: str | os.PathLike[str]) -> Path:
     try:
         # The C encoder, compact, ASCII (non-ASCII as \u escapes): no indent, no re-encoding
         # pass, and a lone surrogate a server sent ("\ud800") is kept as an escape.
-        raw = json.dumps(data, allow_nan=False, separators=(",", ":")).encode("ascii")
+        # No circular check (a marker per container, ~10% of the time): a cycle, which only code
+        # can put in a chat, ends in RecursionError instead.
+        raw = json.dumps(data, allow_nan=False, separators=(",", ":"), check_circular=False).encode("ascii")
     except ValueError:  # NaN/Infinity: load would refuse the file, so it is not written
         raise FileError(f"a chat holds NaN or Infinity, which a chat file cannot; nothing was written to {target}") from None
+    except RecursionError:
+        raise FileError(f"a chat holds a value that contains itself or nests too deeply; nothing was written to {target}") from None
     if len(raw) > MAX_LOAD_BYTES:
         raise FileError(
             f"the chats are {len(raw):,} bytes as JSON, over the {MAX_LOAD_BYTES:,}-byte limit of "
@@ -160,6 +163,11 @@ def _umask() -> int:
     mask = os.umask(0o022)  # the only way to read it is to set it: put it straight back
     os.umask(mask)
     return mask
+
+
+def _datasync(fd: int) -> None:
+    """The data (and the size that finds it) on disk before the rename; macOS has no fdatasync."""
+    getattr(os, "fdatasync", os.fsync)(fd)
 
 
 def _atomic_write(target: Path, text: str | bytes) -> None:
@@ -191,7 +199,7 @@ def _atomic_write(target: Path, text: str | bytes) -> None:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            _datasync(fh.fileno())
         os.replace(tmp, target)
     except BaseException as exc:
         try:
@@ -299,7 +307,8 @@ _META_TYPES: dict[str, tuple[type, ...]] = {
     "eval_duration": (int, _NONE), "num_ctx": (int, _NONE), "edited": (bool,),
     "variables": (dict, _NONE),  # and every key and value a str: checked in _fast_turn
 }
-_META_DEFAULTS = {name: f.get_default(call_default_factory=True) for name, f in _Meta.model_fields.items()}
+# In TurnMeta's field order (meta_of takes values by position).
+_META_DEFAULTS = {name: _Meta.model_fields[name].get_default(call_default_factory=True) for name in _META_FIELDS}
 _META_KEYS = frozenset(_META_DEFAULTS)
 # Every allowed combination of value types, in field order (2**11 tuples): one set lookup a turn.
 _META_SIGNATURES = frozenset(itertools.product(*(_META_TYPES[name] for name in _META_DEFAULTS)))
@@ -350,13 +359,23 @@ def _fast_turn(raw: Any) -> Turn | None:
     if type(raw) is not dict or not raw.keys() <= _TURN_KEYS:
         return None
     raw_msgs, meta = raw.get("messages"), raw.get("meta", _META_DEFAULTS)
-    if type(raw_msgs) is not list or len(raw_msgs) < 2 or type(meta) is not dict or not meta.keys() <= _META_KEYS:
+    if type(raw_msgs) is not list or len(raw_msgs) < 2 or type(meta) is not dict:
+        return None
+    # In the fields' order, so the types line up (what save writes already is: no merge).
+    if tuple(meta) == _META_FIELDS:
+        values = meta
+    elif meta.keys() <= _META_KEYS:
+        values = {**_META_DEFAULTS, **meta}
+    else:
         return None
     msgs = []
     for m in raw_msgs:
         if type(m) is not dict:
             return None
-        if m.keys() <= _TEXT_KEYS:
+        role, content = m.get("role"), m.get("content")
+        if len(m) == 2 and type(content) is str and type(role) is str and role in _ROLES:
+            pass  # {"role", "content"}, both text: most messages, tested without building anything
+        elif m.keys() <= _TEXT_KEYS:
             try:
                 "".join(m.values())  # every value a str, tested in C (json.loads makes no subclasses)
             except TypeError:
@@ -373,18 +392,18 @@ def _fast_turn(raw: Any) -> Turn | None:
             except ValidationError:
                 return None
         msgs.append(m)
-    values = {**_META_DEFAULTS, **meta}  # in the fields' order, so the types line up
     if tuple(map(type, values.values())) not in _META_SIGNATURES or values["status"] not in _STATUSES:
         return None
     fingerprints = values["variables"]
     if fingerprints is not None and not all(type(k) is str and type(v) is str for k, v in fingerprints.items()):
         return None
     msgs_t = tuple(msgs)
-    try:
-        _check_turn(msgs_t)
-    except ValueError:
-        return None
-    return Turn(msgs_t, TurnMeta(**values))
+    if len(msgs_t) != 2 or msgs_t[0]["role"] != "user" or msgs_t[1]["role"] != "assistant" or "tool_calls" in msgs_t[1]:
+        try:  # (a question and its reply, checked above: most turns)
+            _check_turn(msgs_t)
+        except ValueError:
+            return None
+    return Turn(msgs_t, meta_of(values.values()))
 
 
 def _in_order(value: Any, raw: Any) -> Any:

@@ -259,7 +259,7 @@ def test_save_failure_leaves_old_file(shell, ollama_server, tmp_path, monkeypatc
     def boom(*a: Any, **k: Any) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(os, "fsync", boom)
+    monkeypatch.setattr(os, "fdatasync", boom, raising=False)  # the sync before the rename
     with pytest.raises(UsageError, match="No space left"):
         shell.run_line_magic("ollama", f"save {path}")
     assert path.read_bytes() == old

@@ -61,6 +61,7 @@ def test_what_save_writes_takes_the_fast_path_and_means_the_same(tmp_path):
 
 def test_fast_path_types_are_the_schema_fields():
     assert set(persist._META_TYPES) == set(persist._Meta.model_fields) == set(TurnMeta.__dataclass_fields__)
+    assert tuple(persist._META_DEFAULTS) == tuple(TurnMeta.__dataclass_fields__)  # meta_of is positional
     assert persist._TEXT_KEYS | {"images", "tool_calls"} == set(persist._Message.model_fields)
 
 
@@ -166,3 +167,21 @@ def test_fast_path_keeps_the_file_wide_nesting_bound(where):
         assert (fast is not None) == (not too_deep), depth
         outcomes.add(too_deep)
     assert outcomes == {True, False}  # the bound was crossed within the range
+
+
+def test_a_value_that_contains_itself_is_refused_and_the_old_file_kept(tmp_path):
+    """save encodes without json's circular check (it costs ~10%): a cycle, which only code can
+    put into a chat, must still end in one clear line, with nothing written."""
+    path = tmp_path / "chat.json"
+    store = sample_store()
+    persist.save(store, path)
+    before = path.read_bytes()
+    args: dict[str, Any] = {"x": 1}
+    args["again"] = args
+    store.commit(Turn(({"role": "user", "content": "q"},
+                       {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "f", "arguments": args}}]},
+                       {"role": "tool", "content": "1"}, {"role": "assistant", "content": "a"})))
+    with pytest.raises(persist.FileError, match="contains itself or nests too deeply; nothing was written"):
+        persist.save(store, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["chat.json"]  # no temp file left

@@ -806,7 +806,7 @@ def _saved(shell: Any, tmp_path: Path) -> tuple[Path, bytes]:
     return path, old
 
 
-@pytest.mark.parametrize("failing", ["os.replace", "os.fsync", "tempfile.mkstemp", "write"])
+@pytest.mark.parametrize("failing", ["os.replace", "os.fdatasync", "tempfile.mkstemp", "write"])
 def test_failed_save_keeps_the_old_file_and_leaves_no_temp_file(shell, ollama_server, tmp_path, monkeypatch, failing):
     import tempfile
 
@@ -827,7 +827,7 @@ def test_failed_save_keeps_the_old_file_and_leaves_no_temp_file(shell, ollama_se
             patch.setattr(os, "fdopen", fdopen)
         else:
             module, attr = failing.split(".")
-            patch.setattr({"os": os, "tempfile": tempfile}[module], attr, disk_full)
+            patch.setattr({"os": os, "tempfile": tempfile}[module], attr, disk_full, raising=False)
         res = run(shell, f"%ollama save {path}")
     assert "No space left on device" in one_line_usage_error(res)
     assert path.read_bytes() == old

@@ -250,3 +250,19 @@ def test_turns_are_read_only():
         s.active.turns.append(_many(1)[0])  # type: ignore[attr-defined]
     with pytest.raises(AttributeError):
         s.active.turns = []  # type: ignore[misc]
+
+
+def test_meta_to_dict_and_meta_of_follow_the_dataclass_fields():
+    """`TurnMeta.to_dict` is spelled out and `meta_of` is positional: both are held to `fields()`."""
+    from dataclasses import fields
+
+    from ollama_magic.store import meta_of
+
+    names = [f.name for f in fields(TurnMeta)]
+    meta = TurnMeta(*(f"value-{i}" for i in range(len(names))))  # every field a different value
+    assert list(meta.to_dict()) == names
+    assert meta.to_dict() == {name: getattr(meta, name) for name in names}
+    again = meta_of(meta.to_dict().values())
+    assert again == meta and type(again) is TurnMeta
+    with pytest.raises(ValueError):
+        meta_of(list(meta.to_dict().values())[:-1])  # a value short is an error, not a half-built meta
