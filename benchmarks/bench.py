@@ -1247,7 +1247,7 @@ def rows_files(ctx: Ctx) -> list[Row]:
     Save floor: `path.write_text(json.dumps(d))` of the same chats as a dict
     (built before timing). Load floor: `json.loads(path.read_bytes())` of the
     file save wrote. Ours includes building the dict, the atomic write with
-    fsync, validation, and rebuilding the chats into a store.
+    fdatasync, validation, and rebuilding the chats into a store.
     """
     n = 10_000  # the size the target is set at, in --quick too (a few seconds)
     got = ctx.child("files", {"turns": n, "reps": 3 if ctx.quick else 9})

@@ -17,7 +17,8 @@ Rules the store keeps:
 
 Cost per turn does not grow with the chat: a `Conversation` keeps an index
 cell id -> turn positions, the wire messages of every turn (so `history()` is
-one list slice), and running prefix figures (largest prompt, context held),
+one list slice, and `wire()` a view that copies nothing), and running prefix
+figures (largest prompt, context held, characters, messages and images sent),
 all updated by the one primitive that changes turns (`_splice`, O(changed
 turns)). An undo step stores only the suffix of turns a change replaced, so
 undoing an append is O(1) and a snapshot costs O(changed turns) of memory.
