@@ -78,6 +78,7 @@ class _Meta(_Strict):
     eval_duration: int | None = None
     num_ctx: int | None = None
     edited: bool = False
+    forked: bool = False
     variables: dict[str, str] | None = None
 
 
@@ -304,7 +305,7 @@ _META_TYPES: dict[str, tuple[type, ...]] = {
     "cell_id": (str, _NONE), "model": (str, _NONE), "created": (float,), "status": (str,),
     "done_reason": (str, _NONE), "prompt_eval_count": (int, _NONE), "eval_count": (int, _NONE),
     "total_duration": (int, _NONE), "load_duration": (int, _NONE), "prompt_eval_duration": (int, _NONE),
-    "eval_duration": (int, _NONE), "num_ctx": (int, _NONE), "edited": (bool,),
+    "eval_duration": (int, _NONE), "num_ctx": (int, _NONE), "edited": (bool,), "forked": (bool,),
     "variables": (dict, _NONE),  # and every key and value a str: checked in _fast_turn
 }
 # In TurnMeta's field order (meta_of takes values by position).

@@ -2,8 +2,11 @@
 
 `-c NAME` names it (a new name is made only when the turn is stored, so a
 failed first turn leaves no empty chat behind); otherwise a re-run cell goes
-back to the chat that holds its turn, even when another chat is active;
-otherwise the active chat.
+back to the chat where its turn was asked, and that chat becomes active again,
+as it was when the cell first ran (so the cells after it, a fork among them,
+run where they ran before: Restart & Run All replays the notebook as written,
+whichever chat the journal restored as active); otherwise the active chat.
+A fork's copy of a turn is not where its cell was asked (`TurnMeta.forked`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from dataclasses import dataclass
 from .errors import OllamaMagicError, did_you_mean
 from .store import Conversation, ConversationStore, Rerun
 
-__all__ = ["Target", "refuse_near_miss", "target_chat"]
+__all__ = ["Target", "asked_in", "refuse_near_miss", "target_chat"]
 
 
 @dataclass(frozen=True)
@@ -46,8 +49,19 @@ def target_chat(store: ConversationStore, chat: str | None, cell_id: str | None,
             return Target(store.get(name), activate=True)
         refuse_near_miss(store, name, "%%ollama -c {name} --new", confirmed=confirmed)
         return Target(store.draft(name), create=True, activate=True)
-    holder = store.chat_of_cell(cell_id) if rerun == "rewind" else None
+    holder = asked_in(store, cell_id) if rerun == "rewind" else None
     if holder is not None and holder != store.active_name:
-        return Target(store.get(holder), note=f"re-run: replaced this cell's turn in chat {holder!r} "
-                                               f"(active: {store.active_name!r})")
+        return Target(store.get(holder), activate=True,
+                      note=f"re-run: replaced this cell's turn in chat {holder!r}, active again (was {store.active_name!r})")
     return Target(store.active)
+
+
+def asked_in(store: ConversationStore, cell_id: str | None) -> str | None:
+    """The chat holding `cell_id`'s turn as asked there, not as a fork's copy: the active chat first."""
+    if not cell_id:
+        return None
+    for conv in (store.active, *store):
+        i = conv.find_cell(cell_id)
+        if i is not None and not conv.turns[i].meta.forked:
+            return conv.name
+    return None

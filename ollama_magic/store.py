@@ -97,6 +97,8 @@ class TurnMeta:
     eval_duration: int | None = None
     num_ctx: int | None = None  # the context window in force when it ran
     edited: bool = False
+    # Copied into its chat by a fork: the cell was asked in another chat, where a re-run goes.
+    forked: bool = False
     # {"df": digest, "x!r": digest}: what each interpolated {ref} became when
     # it was sent, fingerprinted, so a later change can mark the turn stale.
     variables: dict[str, str] | None = None
@@ -541,13 +543,13 @@ class Conversation:
         return self._maxp[-1] if self._maxp else 0
 
     def copy(self, name: str | None = None, upto: int | None = None, start: int = 0) -> Conversation:
-        """A deep, independent copy of turns[start:upto] (what a fork is)."""
+        """A deep, independent copy of turns[start:upto] (what a fork is), each marked `forked`."""
         return Conversation(
             name=name or self.name,
             model=self.model,
             system=self.system,
             options=copy.deepcopy(self.options),
-            turns=copy.deepcopy(self._turns[start:upto]),
+            turns=[Turn(t.messages, replace(t.meta, forked=True)) for t in copy.deepcopy(self._turns[start:upto])],
         )
 
 
@@ -748,15 +750,6 @@ class ConversationStore:
         """The chat `create(name)` would make, not added to the store (a turn is asked in it first)."""
         base = self.active
         return Conversation(_check_name(name), base.model, options=copy.deepcopy(base.options))
-
-    def chat_of_cell(self, cell_id: str | None) -> str | None:
-        """The chat holding `cell_id`'s turn: the active chat first, then the others."""
-        if not cell_id:
-            return None
-        for conv in (self.active, *self._chats.values()):
-            if conv.find_cell(cell_id) is not None:
-                return conv.name
-        return None
 
     def switch(self, name: str, *, create: bool = False) -> Conversation:
         if name not in self._chats:

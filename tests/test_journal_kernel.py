@@ -239,3 +239,50 @@ def test_restart_and_run_all_with_a_fork_cell_runs_through(notebook, ollama_serv
                  for c in json.loads(run(k, DUMP, "dump"))["chats"]}
         assert chats == {"default": ["first question", "second question"],
                          "what-if": ["first question", "the other way"]}
+
+
+CHATS = ("import json; _s = get_ipython().magics_manager.registry['OllamaMagics'].store; "
+         "print(json.dumps({'active': _s.active_name, 'chats': {c.name: [[t.meta.cell_id, list(t.messages)] "
+         "for t in c.turns] for c in _s}}, sort_keys=True))")
+
+
+def chats_of(k: Kernel) -> dict[str, Any]:
+    """The active chat and every chat's turns (cell id and messages: a replayed turn has its own timing)."""
+    return json.loads(run(k, CHATS, "dump").strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("ending", ["in the fork", "in a chat switched to outside the cells"])
+def test_restart_and_run_all_of_a_notebook_ending_in_another_chat_replays_it_as_written(
+        notebook, ollama_server, ending):
+    # The restore makes the last active chat active; the notebook's first cells use `default`.
+    # Run All must re-run each cell in the chat it was asked in (not a fork's copy of its
+    # turn), so every request is the one asked before: all replayed, and the chats as they were.
+    nb, db = notebook
+    if ending == "in the fork":
+        cells = [("c1", "%%ollama\nfirst question"), ("c2", "%%ollama\nsecond question"),
+                 ("fork", "%ollama fork what-if --at 1"), ("c3", "%%ollama\nthe other way")]
+    else:  # the user switched in the panel (no cell does it), then asked on
+        cells = [("c1", "%%ollama\nfirst question"), ("c2", "%%ollama\nsecond question"),
+                 ("c3", "%%ollama\nin the other chat")]
+    with nb_kernel(nb, ollama_server.host, db) as k:
+        run(k, LOAD, "load")
+        run(k, "%ollama model llama3.2", "model")
+        for cid, src in cells:
+            if cid == "c3" and ending != "in the fork":
+                run(k, "get_ipython().magics_manager.registry['OllamaMagics'].store.switch('other', create=True)",
+                    "scratch")  # a cell deleted since
+            assert k.execute(src, cid).status == "ok"
+        before = chats_of(k)
+    assert before["active"] == ("what-if" if ending == "in the fork" else "other")
+    assert len(ollama_server.chat_requests()) == 3
+    ollama_server.reset()
+    ollama_server.reply = "a different answer"  # what asking again would show
+    with nb_kernel(nb, ollama_server.host, db) as k:
+        assert f"restored 2 chats, {4 if ending == 'in the fork' else 3} turns" in run(k, LOAD, "load")
+        run(k, "%ollama model llama3.2", "model")
+        for cid, src in cells:
+            done = k.execute(src, cid)
+            assert done.status == "ok", (cid, done.shown)
+            assert cid == "fork" or "replayed from " in done.shown, (cid, done.shown)
+        assert ollama_server.chat_requests() == []
+        assert chats_of(k) == before

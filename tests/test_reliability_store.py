@@ -25,7 +25,7 @@ import json
 import re
 import tempfile
 from collections import deque
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -288,9 +288,14 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(data=st.data(), new=st.sampled_from(NAMES), at=st.sampled_from([None, 0, 1, 2, 7]))
     def fork(self, data: st.DataObject, new: str, at: int | None) -> None:
         src = self.store.get(self.chat(data))
+        existed = new in self.store
         if not isinstance(self.mutate(lambda: self.store.fork(new, at=at, chat=src.name)), StoreError):
             copy = self.store.get(new)
-            assert copy.turns == src.turns[:at] and copy.system == src.system and copy.model == src.model
+            # The same turns, marked as a fork's copies (a chat forked again keeps its own marks).
+            assert [replace(t.meta, forked=False) for t in copy.turns] == [replace(t.meta, forked=False) for t in src.turns[:at]]
+            assert [t.messages for t in copy.turns] == [t.messages for t in src.turns[:at]]
+            assert existed or all(t.meta.forked for t in copy.turns)
+            assert copy.system == src.system and copy.model == src.model
             assert self.store.active_name == new and not self.store.can_undo(new)
             if copy.turns:  # independent: editing the copy leaves the source alone
                 before = chat_state(src)

@@ -154,7 +154,7 @@ def test_7_near_miss_chat_name_is_refused_in_the_cell_too(shell, ollama_server):
     assert run(shell, "%%ollama -c pirate\nahoy").success  # no near miss: created as before
 
 
-# -- 8. a re-run goes back to the chat that holds its turn (real kernel) --------------
+# -- 8. a re-run goes back to the chat that holds its turn, active again (real kernel) --
 def _kernel_state(k: Any) -> dict[str, Any]:
     ex = k.execute("import json as _j; _m = get_ipython().magics_manager.registry['OllamaMagics']\n"
                    "print(_j.dumps({'active': _m.store.active_name, 'chats': {c.name: [t.user['content'] "
@@ -173,8 +173,9 @@ def test_8_rerun_replaces_its_turn_in_the_chat_that_holds_it(ollama_server):
         assert k.execute("%%ollama\nsecond", cell_id="cell-c").status == "ok"
         ex = k.execute("%%ollama\nfirst again", cell_id="cell-a")
         assert ex.status == "ok", ex.text
-        assert "in chat 'default'" in ex.text
-        assert _kernel_state(k) == {"active": "other", "chats": {"default": ["first again"], "other": ["second"]}}
+        assert "in chat 'default', active again (was 'other')" in ex.text
+        # Its chat is active again, as when the cell first ran: the cells after it run where they ran.
+        assert _kernel_state(k) == {"active": "default", "chats": {"default": ["first again"], "other": ["second"]}}
         # The request carried the history of 'default', not of 'other'.
         assert [m["content"] for m in ollama_server.last_chat()["messages"]] == ["first again"]
         # A cell that names a chat with -c goes there, as it says.
