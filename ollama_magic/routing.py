@@ -60,7 +60,8 @@ def asked_in(store: ConversationStore, cell_id: str | None) -> str | None:
     """The chat holding `cell_id`'s turn as asked there, not as a fork's copy: the active chat first."""
     if not cell_id:
         return None
-    for conv in (store.active, *store):
+    chats: list[Conversation] = [store.active, *store]
+    for conv in chats:
         i = conv.find_cell(cell_id)
         if i is not None and not conv.turns[i].meta.forked:
             return conv.name
