@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .bounds import NotRegularFile, read_bounded
 from .errors import OllamaMagicError
 from .interpolate import default_renderer, render_ref, split_conversion
 from .render import fence
@@ -86,13 +87,11 @@ def file_block(ref: str, limit: int) -> str:
     """A text file as a fenced block with its name and language; one-line errors."""
     path = Path(ref).expanduser()
     try:
-        if path.is_dir():
-            raise OllamaMagicError(f"--file {ref}: is a folder; give a text file")
-        if path.exists() and not path.is_file():  # a FIFO or a device would block or never end
-            raise OllamaMagicError(f"--file {ref}: not a regular file; give a text file")
-        with path.open("rb") as fh:
-            raw = fh.read(_MAX_FILE_READ + 1)
-            size = max(path.stat().st_size, len(raw))
+        raw, size = read_bounded(path, _MAX_FILE_READ)
+    except IsADirectoryError:
+        raise OllamaMagicError(f"--file {ref}: is a folder; give a text file") from None
+    except NotRegularFile:
+        raise OllamaMagicError(f"--file {ref}: not a regular file; give a text file") from None
     except FileNotFoundError:
         raise OllamaMagicError(f"--file {ref}: no such file (relative paths start at {Path.cwd()})") from None
     except PermissionError:

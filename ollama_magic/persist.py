@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .bounds import _FILE_DEPTH, depth_exceeds
+from .bounds import _FILE_DEPTH, NotRegularFile, depth_exceeds, read_bounded
 from .parsing import NotFinite, loads_finite
 from .store import _META_FIELDS, Conversation, ConversationStore, Message, Turn, TurnMeta, meta_of
 
@@ -217,24 +217,19 @@ def read(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> tuple
     limit = MAX_LOAD_BYTES if max_bytes is None else max_bytes
     source = Path(path).expanduser()
     try:
-        if source.is_dir():
-            raise FileError(f"{source} is a directory, not a saved chat file")
-        if source.exists() and not source.is_file():
-            # A FIFO or a device (/dev/zero) would block or never end.
-            raise FileError(f"{source} is not a regular file, not a saved chat file")
-        size = source.stat().st_size
-        if size <= limit:
-            with source.open("rb") as fh:
-                raw = fh.read(limit + 1)  # bounded even if the file grows under us
-            size = max(size, len(raw))
-        if size > limit:
-            raise FileError(f"{source} is {size:,} bytes, over the {limit:,}-byte limit for chat files")
+        raw, size = read_bounded(source, limit, head=False)  # bounded even if the file grows under us
+    except IsADirectoryError:
+        raise FileError(f"{source} is a directory, not a saved chat file") from None
+    except NotRegularFile:  # a FIFO or a device (/dev/zero) would block or never end
+        raise FileError(f"{source} is not a regular file, not a saved chat file") from None
     except FileNotFoundError:
         raise FileError(f"no file {source}; check the path (relative paths start at {Path.cwd()})") from None
     except PermissionError:
         raise FileError(f"cannot read {source}: permission denied") from None
     except OSError as exc:
         raise FileError(f"cannot read {source}: {exc.strerror or exc}") from None
+    if size > limit:
+        raise FileError(f"{source} is {size:,} bytes, over the {limit:,}-byte limit for chat files")
     try:
         # NaN/Infinity parse in Python but are no number Ollama (or any JSON encoder) accepts.
         data = loads_finite(raw.decode("utf-8"))
