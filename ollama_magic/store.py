@@ -794,9 +794,11 @@ class ConversationStore:
             n = len(conv.turns)
             if not n or old is src or [t.messages for t in old.turns[:n]] != [t.messages for t in conv.turns]:
                 raise StoreError(f"a chat named {new!r} exists already; pick another name")
-            self._remember(new, n)
+            # Its first n turns are this fork's copies (marked so, if a journal from before the mark held them).
+            keep = next((i for i, t in enumerate(old.turns[:n]) if not t.meta.forked), n)
+            self._remember(new, keep)
             old.model, old.system, old.options = conv.model, conv.system, conv.options
-            old._splice(n)
+            old._splice(keep, [Turn(t.messages, replace(t.meta, forked=True)) for t in old.turns[keep:n]])
             self._emit("restored", new)
             self.switch(new)
             return old

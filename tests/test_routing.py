@@ -13,7 +13,7 @@ from conftest import magics_of, run
 
 from ollama_magic import persist
 from ollama_magic.routing import asked_in, target_chat
-from ollama_magic.store import ConversationStore, Turn, TurnMeta
+from ollama_magic.store import Conversation, ConversationStore, Turn, TurnMeta
 
 
 def turn(q: str, cell: str | None = None) -> Turn:
@@ -107,3 +107,20 @@ def test_run_all_again_in_one_kernel_after_a_fork_rebuilds_the_notebook(shell, o
     assert chats(shell) == before
     assert [m["content"] for m in ollama_server.last_chat()["messages"] if m["role"] == "user"] == [
         "first question", "the other way"]
+
+
+def test_a_fork_run_again_marks_copies_a_journal_from_before_the_mark_held_unmarked():
+    s = ConversationStore()
+    s.commit(turn("first", "c1"))
+    s.commit(turn("second", "c2"))
+    old_fork = [turn("first", "c1"), turn("the other way", "c3")]  # as restored: no `forked` in the meta
+    s.absorb([Conversation("what-if", turns=old_fork)], undoable=False)
+    assert asked_in(s, "c1") == "default" and s.get("what-if").find_cell("c1") == 0
+    s.switch("what-if")
+    assert asked_in(s, "c1") == "what-if"  # unmarked: it counts as asked there (the active chat first)
+    s.switch("default")
+    s.fork("what-if", at=1)  # Run All re-runs the fork cell
+    assert [(t.user["content"], t.meta.forked) for t in s.get("what-if").turns] == [("first", True)]
+    assert asked_in(s, "c1") == "default"  # now a copy: the cell goes back to default
+    s.undo("what-if")
+    assert s.get("what-if").turns[:] == old_fork  # one undo step brings the old fork back as it was
