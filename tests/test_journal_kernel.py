@@ -242,12 +242,12 @@ def test_restart_and_run_all_with_a_fork_cell_runs_through(notebook, ollama_serv
 
 
 CHATS = ("import json; _s = get_ipython().magics_manager.registry['OllamaMagics'].store; "
-         "print(json.dumps({'active': _s.active_name, 'chats': {c.name: [[t.meta.cell_id, list(t.messages)] "
+         "print(json.dumps({'active': _s.active_name, 'chats': {c.name: [[t.meta.cell_id, t.meta.forked, list(t.messages)] "
          "for t in c.turns] for c in _s}}, sort_keys=True))")
 
 
 def chats_of(k: Kernel) -> dict[str, Any]:
-    """The active chat and every chat's turns (cell id and messages: a replayed turn has its own timing)."""
+    """The active chat and every chat's turns (cell id, fork mark, messages: a replayed turn has its own timing)."""
     return json.loads(run(k, CHATS, "dump").strip().splitlines()[-1])
 
 
