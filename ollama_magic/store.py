@@ -114,7 +114,7 @@ class TurnMeta:
                 "eval_count": self.eval_count, "total_duration": self.total_duration,
                 "load_duration": self.load_duration, "prompt_eval_duration": self.prompt_eval_duration,
                 "eval_duration": self.eval_duration, "num_ctx": self.num_ctx, "edited": self.edited,
-                "variables": self.variables}
+                "forked": self.forked, "variables": self.variables}
 
 
 _META_FIELDS = tuple(f.name for f in fields(TurnMeta))
