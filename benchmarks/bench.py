@@ -1025,8 +1025,9 @@ def rows_scale(ctx: Ctx) -> list[Row]:
 
     Own CPU = main-thread CPU (`time.thread_time`) of the whole `%%ollama`
     cell minus the CPU spent inside the `ollama` client (its `chat()` call and
-    each step of its stream: request encoding, HTTP, chunk decoding), measured
-    by wrapping `ollama.Client.chat`. It includes building the history, the
+    each step of its stream: request encoding, HTTP, chunk decoding; and the
+    `ps`/`show`/`list` lookups when a cache expires), measured by wrapping
+    `ollama.Client`. It includes building the history, the
     store, rendering and IPython's own cell handling. Floor: the same for the
     raw loop (its own CPU is the loop around the client).
     """
@@ -1074,11 +1075,28 @@ def _commit_rows(got: dict[str, Any], sizes: tuple[int, ...]) -> list[Row]:
 
 
 def _instrument_client() -> list[float]:
-    """Wrap `ollama.Client.chat` so that the CPU spent inside the client adds up in `acc[0]`."""
+    """Wrap `ollama.Client` so that the CPU spent inside the client adds up in `acc[0]`.
+
+    `chat` and its stream, and the model lookups (`ps`, `show`, `list`: the
+    window and capability caches ask them when their few seconds are up, which
+    at 100,000 turns is every third turn or so).
+    """
     import ollama
 
     acc = [0.0]
     original = ollama.Client.chat
+
+    def timed(method: Any) -> Any:
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            c0 = time.thread_time()
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                acc[0] += time.thread_time() - c0
+        return call
+
+    for name in ("ps", "show", "list"):
+        setattr(ollama.Client, name, timed(getattr(ollama.Client, name)))
 
     def timed_stream(gen: Any) -> Any:
         it = iter(gen)
