@@ -198,3 +198,26 @@ def test_failed_request_leaves_no_placeholder(nb_shell, ollama_server):
     assert isinstance(res.error_in_exec, UsageError)
     pub = nb_shell.display_pub
     assert pub.messages[-1]["update"] and pub.messages[-1]["data"] == {"text/plain": ""}
+
+
+def test_a_tool_that_resets_the_chat_mid_turn_leaves_the_request_as_it_was(shell, ollama_server):
+    """The request reads the chat's stored messages in place (store.WireMessages): a change to
+    the chat while the turn runs (here a tool resets it) must not change what the next round sends."""
+    run(shell, "%%ollama\none")
+    run(shell, "%%ollama\ntwo")
+    run(shell, '''
+def add(a: int, b: int) -> int:
+    """Add two numbers.
+
+    Args:
+      a: the first number
+      b: the second number
+    """
+    get_ipython().run_line_magic("ollama", "reset")
+    return a + b
+''')
+    assert run(shell, "%%ollama --tools add\nWhat is 2 plus 3?").success
+    first, second = ollama_server.chat_requests()[-2:]
+    assert [m["content"] for m in first["messages"] if m["role"] == "user"] == ["one", "two", "What is 2 plus 3?"]
+    assert second["messages"][:len(first["messages"])] == first["messages"]
+    assert [m["role"] for m in second["messages"][len(first["messages"]):]] == ["assistant", "tool"]
