@@ -163,11 +163,12 @@ class Turn:
 
     def sent(self) -> Iterator[Message]:
         """The messages as they go over the wire (without thinking)."""
-        for msg in self.messages:
-            if _UNSENT_KEYS.isdisjoint(msg):
-                yield msg
-            else:
-                yield {k: v for k, v in msg.items() if k not in _UNSENT_KEYS}
+        return map(_on_wire, self.messages)
+
+
+def _on_wire(msg: Message) -> Message:
+    """`msg` as it is sent: itself, or a copy without what is kept only for display (thinking)."""
+    return msg if _UNSENT_KEYS.isdisjoint(msg) else {k: v for k, v in msg.items() if k not in _UNSENT_KEYS}
 
 
 def message_size(msg: Mapping[str, Any]) -> tuple[int, int]:
@@ -402,8 +403,7 @@ class Conversation:
                 if len(msg) == 2 and type(content) is str:  # {"role", "content"}: most messages
                     chars += len(content)
                 else:
-                    if not _UNSENT_KEYS.isdisjoint(msg):  # thinking is kept for display, never resent
-                        msg = {k: v for k, v in msg.items() if k not in _UNSENT_KEYS}
+                    msg = _on_wire(msg)
                     c, im = message_size(msg)
                     chars, images = chars + c, images + im
                 sent.append(msg)

@@ -201,6 +201,7 @@ class Sizer:
         user_ctx = explicit if isinstance(explicit, int) and not isinstance(explicit, bool) and explicit > 0 else None
         auto = self.auto.get(conv.name) if enabled and user_ctx is None else None
         new = estimate([user])
+        history = estimate_history(conv, base, system)  # O(1): the store's prefix sums
         turns = conv.turns
         # The last turn's real count covers this history when nothing was removed or edited since.
         known = conv.context_tokens if (base == len(turns) and turns and not conv.edited) else 0
@@ -211,32 +212,30 @@ class Sizer:
         if not known and user_ctx is None and auto is None:
             # No count yet (a new chat, an edited history): the same test on the estimate,
             # so the first turn of a chat asks nothing either.
-            history = estimate_history(conv, base, system)
             if history + new < FAR * smallest:
                 return Plan(0, prompt=int(history + new), sent=history + new, can_grow=enabled)
         # What the server runs with no num_ctx sent: asked only when it matters.
         known_window = user_ctx or auto or self._known(model)
         window = known_window or default
         trained = self._trained_of(model) if (user_ctx or enabled) else None
-        out = self._plan(known, new, conv, base, system, window, user_ctx, auto, trained, max_num_ctx, enabled)
+        out = self._plan(known, new, history, window, user_ctx, auto, trained, max_num_ctx, enabled)
         if enabled and not known_window and out.num_ctx:
             # Sized from an assumed default: learn the server's real window first,
             # so the request never carries a num_ctx below what it would use.
             learned = self._learn(model)
             if learned:
                 self._seen[model] = learned
-                out = self._plan(known, new, conv, base, system, learned, user_ctx, auto, trained, max_num_ctx, enabled)
+                out = self._plan(known, new, history, learned, user_ctx, auto, trained, max_num_ctx, enabled)
         if out.raised and out.num_ctx:
             self.auto[conv.name] = out.num_ctx
         return out
 
     @staticmethod
-    def _plan(known: int, new: float, conv: Any, base: int, system: str | None, window: int,
-              user_ctx: int | None, auto: int | None, trained: int | None, max_num_ctx: int, enabled: bool) -> Plan:
+    def _plan(known: int, new: float, history: float, window: int, user_ctx: int | None,
+              auto: int | None, trained: int | None, max_num_ctx: int, enabled: bool) -> Plan:
         if known and known + new < FAR * window:
             sent, rate = known + new, 1.0
         else:
-            history = estimate_history(conv, base, system)
             rate = calibration(known, history) or 1.0
             sent = (history + new) * rate
         prompt = max(known + new * rate, sent)
